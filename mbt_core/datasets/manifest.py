@@ -1,0 +1,116 @@
+"""A generic manifest for users' own clips: CSV with a header row, or JSON Lines.
+
+One row (CSV) or one JSON object per line (`.jsonl`, `.ndjson`) per clip, with fields:
+
+- `path` (required): the clip's file, relative to the data root later given to `locate`
+  (use `locate(records, root, MANIFEST_PATTERN)`); kept as the record's `video`.
+- `start`, `end` (optional): seconds within the file; default 0 and `math.inf` (to the end).
+- `labels` (optional): class names separated by `;` or `|` (`dog;bark`), or a JSON list
+  (`["dog", "bark"]`; in JSON Lines a list or a string); empty or absent: an unlabelled clip.
+- `split` (optional): e.g. `train`, `test`. `clip_id` (optional): defaults to `path`, plus
+  `@start-end` when the row gives a start or an end, so that clips cut from one file stay distinct.
+
+Other fields are ignored. Labels become the sorted tuple of class indices (`multi_label`;
+single-label data gives 1-tuples). The class list is `classes` when given (an unknown name is an
+error), else the sorted names found in the file, so pass the training list when reading a test set.
+
+Example CSV:
+
+    path,start,end,labels,split
+    kitchen/0001.mp4,0,10,dog;bark,train
+    kitchen/0002.mp4,,,"[""speech""]",test
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from mbt_core.datasets.records import (AnnotationError, ClipRecord, check_on_error, check_span,
+                                       csv_rows, parse_rows, parse_seconds)
+
+MANIFEST_PATTERN = "{video}"
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
+def manifest_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, fields) of a CSV (with header) or JSON Lines manifest."""
+    # A row that cannot be read yields {None: reason} (like csv.DictReader's rest key), so that
+    # `parse` raises or skips it with the other bad rows.
+    if Path(path).suffix.lower() in JSONL_SUFFIXES:
+        with open(path, encoding="utf-8-sig") as f:
+            for line, text in enumerate(f, 1):
+                if text.strip():
+                    try:
+                        row = json.loads(text)
+                    except json.JSONDecodeError as e:
+                        row = {None: f"invalid JSON: {e}"}
+                    yield line, row if isinstance(row, dict) else {None: "not a JSON object"}
+        return
+    rows = csv_rows(path)
+    _, header = next(rows, (1, []))
+    if "path" not in header:
+        raise AnnotationError(path, 1, f"the header {header!r} has no `path` column")
+    for line, row in rows:
+        yield line, (dict(zip(header, row)) if len(row) == len(header) else {
+            None: f"expected {len(header)} columns ({', '.join(header)}), got {len(row)}: {row!r}"})
+
+
+def label_names(path: str | os.PathLike, line: int, value: Any) -> tuple[str, ...]:
+    """The class names of one `labels` field: a list, a JSON list, or `;`/`|`-separated names."""
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise AnnotationError(path, line, f"labels {value!r} is not a JSON list: {e}") from None
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(name.strip() for name in re.split(r"[;|]", value) if name.strip())
+    if isinstance(value, list) and all(isinstance(name, str) for name in value):
+        return tuple(name.strip() for name in value if name.strip())
+    raise AnnotationError(path, line, f"labels {value!r} must be names or a list of names")
+
+
+def read_manifest(path: str | os.PathLike, classes: Sequence[str] | None = None, *,
+                  on_error: str = "raise"):
+    """A manifest's clips and class list: (records, classes), plus a SkipReport with on_error="skip"."""
+    check_on_error(on_error)
+    known = None if classes is None else {name: i for i, name in enumerate(classes)}
+
+    def seconds(line: int, row: dict[str, Any], field: str, default: float) -> float:
+        value = row.get(field)
+        if value is None or str(value).strip() == "":
+            return default
+        return parse_seconds(path, line, field, str(value))
+
+    def parse(line: int, row: dict[str, Any]) -> ClipRecord:
+        if None in row:
+            raise AnnotationError(path, line, row[None])
+        video = str(row.get("path") or "").strip()
+        if not video:
+            raise AnnotationError(path, line, "empty `path`")
+        start, end = seconds(line, row, "start", 0.0), seconds(line, row, "end", math.inf)
+        check_span(path, line, start, end)
+        names = label_names(path, line, row.get("labels"))
+        unknown = [name for name in names if known is not None and name not in known]
+        if unknown:
+            raise AnnotationError(path, line, f"unknown class(es) {unknown} (not among the "
+                                  f"{len(known)} classes given)")
+        cut = any(str(row.get(field) or "").strip() for field in ("start", "end"))
+        clip_id = str(row.get("clip_id") or "").strip() or (
+            f"{video}@{start:g}-{end:g}" if cut else video)
+        split = str(row.get("split") or "").strip() or None
+        return ClipRecord(clip_id, start, end, names, video=video, split=split)
+
+    records, report = parse_rows(path, manifest_rows(path), parse, on_error)
+    if classes is None:
+        classes = sorted({name for record in records for name in record.labels})
+    index = {name: i for i, name in enumerate(classes)}
+    records = [dataclasses.replace(r, labels=tuple(sorted({index[n] for n in r.labels})))
+               for r in records]
+    return (records, list(classes), report) if on_error == "skip" else (records, list(classes))
