@@ -196,7 +196,7 @@ def resolve_path(root: str | os.PathLike, pattern: str, record: ClipRecord) -> s
     """The file of one record under root; ValueError on a pattern that does not fit it."""
     try:
         relative = pattern.format(**pattern_fields(record))
-    except KeyError as e:
+    except (KeyError, IndexError) as e:
         raise ValueError(f"pattern {pattern!r} uses unknown field {e}; available: "
                          f"{sorted(pattern_fields(record))}") from None
     except ValueError as e:

@@ -59,5 +59,6 @@ def read_vggsound(csv: str | os.PathLike, classes: Sequence[str] | None = None, 
         return ClipRecord(f"{ytid}_{int(start):06d}", start, start + CLIP_SECONDS, index[label],
                           video=ytid, split=row_split)
 
-    rows = ((line, row) for line, row in csv_rows(csv, comments=True) if row[0] not in ("YTID", "ytid", "file"))
+    headers = ("YTID", "ytid", "file")  # a re-saved copy may carry a header row
+    rows = ((line, row) for line, row in csv_rows(csv, comments=True) if row[0] not in headers)
     return finish(*parse_rows(csv, rows, parse, on_error), on_error)
