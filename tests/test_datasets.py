@@ -289,20 +289,24 @@ def test_manifest_csv_and_jsonl_agree(tmp_path):
     csv_path = write(tmp_path / "m.csv", "path,start,end,labels,split\n"
                      "a/0001.mp4,0,10,dog;bark,train\n"
                      'a/0002.mp4,,,"[""speech""]",test\n'
-                     "b/0003.mp4,2.5,,bark|speech,\n")
+                     "b/0003.mp4,2.5,,bark|speech,\n"
+                     "b/0003.mp4,0,,speech,\n")
     jsonl_path = write(tmp_path / "m.jsonl", "\n".join(json.dumps(row) for row in [
         {"path": "a/0001.mp4", "start": 0, "end": 10, "labels": ["dog", "bark"], "split": "train"},
         {"path": "a/0002.mp4", "labels": "speech", "split": "test"},
-        {"path": "b/0003.mp4", "start": 2.5, "labels": "bark|speech"}]) + "\n\n")
+        {"path": "b/0003.mp4", "start": 2.5, "labels": "bark|speech"},
+        {"path": "b/0003.mp4", "start": 0, "labels": ["speech"]}]) + "\n\n")
 
     records, classes = read_manifest(csv_path)
 
     assert (records, classes) == read_manifest(jsonl_path)
     assert classes == ["bark", "dog", "speech"]
-    assert [r.labels for r in records] == [(0, 1), (2,), (0, 2)]
-    assert [(r.start, r.end) for r in records] == [(0, 10), (0, math.inf), (2.5, math.inf)]
-    assert [r.clip_id for r in records] == ["a/0001.mp4@0-10", "a/0002.mp4", "b/0003.mp4@2.5-inf"]
-    assert [r.split for r in records] == ["train", "test", None]
+    assert [r.labels for r in records] == [(0, 1), (2,), (0, 2), (2,)]
+    assert [(r.start, r.end) for r in records] == [(0, 10), (0, math.inf), (2.5, math.inf),
+                                                   (0, math.inf)]
+    assert [r.clip_id for r in records] == ["a/0001.mp4@0-10", "a/0002.mp4", "b/0003.mp4@2.5-inf",
+                                            "b/0003.mp4@0-inf"]
+    assert [r.split for r in records] == ["train", "test", None, None]
 
 
 def test_manifest_with_given_classes_keeps_their_order_and_reports_unknowns(tmp_path):

@@ -57,7 +57,7 @@ def parse_timestamp(path: str | os.PathLike, line: int, field: str, value: str) 
 
 def class_index(path: str | os.PathLike, line: int, field: str, value: str, count: int) -> int:
     """A class id in [0, count), or an error naming the field."""
-    if not value.isdigit() or int(value) >= count:
+    if not (value.isascii() and value.isdigit()) or int(value) >= count:
         raise AnnotationError(path, line, f"{field} {value!r} is not a class id in [0, {count})")
     return int(value)
 

@@ -82,16 +82,17 @@ def read_manifest(path: str | os.PathLike, classes: Sequence[str] | None = None,
     check_on_error(on_error)
     known = None if classes is None else {name: i for i, name in enumerate(classes)}
 
+    def text(row: dict[str, Any], field: str) -> str:
+        # JSON gives numbers (a start of 0 is given, not absent); CSV gives "" for absent.
+        return "" if row.get(field) is None else str(row[field]).strip()
+
     def seconds(line: int, row: dict[str, Any], field: str, default: float) -> float:
-        value = row.get(field)
-        if value is None or str(value).strip() == "":
-            return default
-        return parse_seconds(path, line, field, str(value))
+        return parse_seconds(path, line, field, text(row, field)) if text(row, field) else default
 
     def parse(line: int, row: dict[str, Any]) -> ClipRecord:
         if None in row:
             raise AnnotationError(path, line, row[None])
-        video = str(row.get("path") or "").strip()
+        video = text(row, "path")
         if not video:
             raise AnnotationError(path, line, "empty `path`")
         start, end = seconds(line, row, "start", 0.0), seconds(line, row, "end", math.inf)
@@ -101,10 +102,9 @@ def read_manifest(path: str | os.PathLike, classes: Sequence[str] | None = None,
         if unknown:
             raise AnnotationError(path, line, f"unknown class(es) {unknown} (not among the "
                                   f"{len(known)} classes given)")
-        cut = any(str(row.get(field) or "").strip() for field in ("start", "end"))
-        clip_id = str(row.get("clip_id") or "").strip() or (
-            f"{video}@{start:g}-{end:g}" if cut else video)
-        split = str(row.get("split") or "").strip() or None
+        cut = text(row, "start") or text(row, "end")
+        clip_id = text(row, "clip_id") or (f"{video}@{start:g}-{end:g}" if cut else video)
+        split = text(row, "split") or None
         return ClipRecord(clip_id, start, end, names, video=video, split=split)
 
     records, report = parse_rows(path, manifest_rows(path), parse, on_error)
