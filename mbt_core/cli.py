@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
 
 from mbt_core.config import FUSIONS, PRESETS, MBTConfig
@@ -10,15 +9,14 @@ from mbt_core.config import FUSIONS, PRESETS, MBTConfig
 
 def parse_overrides(pairs: list[str]) -> dict:
     """`key=value` strings to a dict; values parsed as Python literals where they are ones."""
+    from mbt_core.recipes import parse_value
+
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise SystemExit(f"override {pair!r}: expected key=value")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
+            raise ValueError(f"override {pair!r}: expected key=value")
+        out[key] = parse_value(value)
     return out
 
 
@@ -51,6 +49,31 @@ def cmd_flops(args: argparse.Namespace) -> None:
     print(format_flops_table(MBTConfig.preset(args.preset, **overrides)))
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from mbt_core.experiment import train_run
+    from mbt_core.recipes import load_run_config
+
+    run = load_run_config(args.config, [f"data.dir={args.data}", *args.overrides] if args.data else args.overrides)
+    train_run(run, args.out)
+    print(f"trained {run.train.steps} steps into {args.out}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from mbt_core.experiment import evaluate_run
+
+    report = evaluate_run(args.run_dir, args.split, args.checkpoint)
+    kinds = report.get("mAP_by_kind", {})
+    print(f"{args.run_dir}: mAP {report['mAP']:.4f} on {args.split} ({report['num_clips']} clips)"
+          + "".join(f"; {k} {v:.4f} (positive rate {report['positive_rate_by_kind'][k]:.3f})" for k, v in kinds.items()))
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from mbt_core.experiment import sweep
+
+    rows = sweep(args.config, args.data, args.out, args.fusions, args.fusion_layers, args.bottlenecks, args.overrides)
+    print(f"{len(rows)} settings -> {args.out}/results.csv")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every `mbt` subcommand."""
     parser = argparse.ArgumentParser(prog="mbt", description="Multimodal Bottleneck Transformer suite")
@@ -60,6 +83,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec-seconds", type=float, default=None, help="spectrogram length t (the paper's Fig. 3 used 4)")
     p.add_argument("overrides", nargs="*", help="MBTConfig field=value overrides")
     p.set_defaults(func=cmd_flops)
+
+    p = sub.add_parser("train", help="train a recipe on a data directory (resumes from RUN_DIR's checkpoints)")
+    p.add_argument("--config", required=True, help="recipe name (paper, synthetic-tiny) or a JSON config file")
+    p.add_argument("--data", help="data directory (manifest.csv + data_card.md); sets data.dir")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.fusion_layer=4 train.steps=300")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a run; writes RUN_DIR/eval.json")
+    p.add_argument("run_dir")
+    p.add_argument("--split", default="test")
+    p.add_argument("--checkpoint", default="latest", choices=["latest", "best"])
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("sweep", help="train and evaluate fusion x L_f x B (Fig. 3); writes results.csv/json")
+    p.add_argument("--config", default="synthetic-tiny")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--fusions", nargs="+", default=["bottleneck", "self_attention"])
+    p.add_argument("--fusion-layers", nargs="+", type=int, default=[0, 1, 3])
+    p.add_argument("--bottlenecks", nargs="+", type=int, default=[4])
+    p.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
+    p.set_defaults(func=cmd_sweep)
     return parser
 
 

@@ -1,0 +1,126 @@
+"""Runs on a data directory: `train_run`, `evaluate_run` and `sweep` (the ablation grid of Fig. 3).
+
+Each writes into its run directory and resumes: a finished run is not trained again, an interrupted
+one continues from its latest checkpoint.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mbt_core.evaluate import evaluation_report, predict
+from mbt_core.flops import gflops
+from mbt_core.pipeline import TrainIterator, load_dataset, steps_per_epoch, tokenised_split
+from mbt_core.recipes import RunConfig, load_run_config
+from mbt_core.train import checkpoint_manager, fit, init_state, restore
+from mbt_core.vit_init import init_from_vit
+
+
+def train_run(run: RunConfig, out_dir: str | Path, progress: bool = True) -> None:
+    """Train `run` on its data directory into `out_dir` (resuming when checkpoints exist)."""
+    dataset = load_dataset(run.data)
+    split = tokenised_split(dataset, run.data.train_split, run.model, 1, progress)
+    records = dataset.splits[run.data.train_split]
+    batches = TrainIterator(split, dataset.labels(run.data.train_split), [r.clip_id for r in records], run.train,
+                            run.model, run.model.modalities, run.data.workers)
+    params = None
+    if run.train.init_checkpoint:
+        state, _ = init_state(run, 1)
+        params, report = init_from_vit(state.params, run.model, run.train.init_checkpoint,
+                                       run.train.init_fusion_from_posemb)
+        print(report)
+    evaluate = None
+    if run.train.eval_every:
+        val = tokenised_split(dataset, run.data.val_split, run.model, 1, progress)
+        targets = dataset.labels(run.data.val_split)
+
+        def evaluate(params: Any) -> dict:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                logits = predict(run.model, params, val, run.train.batch_size, run.model.modalities)
+                report = evaluation_report({"fused": logits["fused"]}, targets, dataset.classes, dataset.label_type)
+            return {"mAP": report["mAP"]}
+    fit(run, out_dir, batches, batches.get_state, batches.set_state, label_type=dataset.label_type,
+        steps_per_epoch=steps_per_epoch(len(records), run.train.batch_size), evaluate=evaluate, params=params,
+        progress=progress)
+
+
+def load_params(run_dir: str | Path, which: str = "latest") -> tuple[RunConfig, Any]:
+    """A run's config and its latest (or best) parameters."""
+    run_dir = Path(run_dir)
+    run = load_run_config(str(run_dir / "config.json"))
+    template, _ = init_state(run, 1)
+    manager = checkpoint_manager(run_dir / ("best" if which == "best" else "checkpoints"), 1)
+    restored = restore(manager, template)
+    if restored is None:
+        raise FileNotFoundError(f"{run_dir}: no {which} checkpoint to evaluate")
+    return run, restored[0].params
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "latest", progress: bool = True) -> dict:
+    """Evaluate a run on a split; write `eval.json`, per-clip `scores.npz` and `per_class_ap.csv`."""
+    run_dir = Path(run_dir)
+    run, params = load_params(run_dir, which)
+    dataset = load_dataset(run.data)
+    cached = tokenised_split(dataset, split, run.model, run.train.eval_views, progress)
+    targets = dataset.labels(split)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # excluded classes are reported in the file instead
+        logits = predict(run.model, params, cached, run.train.batch_size)
+        report = evaluation_report(logits, targets, dataset.classes, dataset.label_type, dataset.class_kinds())
+    report.update(split=split, checkpoint=which, views=run.train.eval_views, label_type=dataset.label_type)
+    (run_dir / "eval.json").write_text(json.dumps(report, indent=2))
+    np.savez(run_dir / "scores.npz", clip_ids=np.asarray([r.clip_id for r in dataset.splits[split]]),
+             targets=targets, classes=np.asarray(dataset.classes), **{f"logits_{k}": v for k, v in logits.items()})
+    with open(run_dir / "per_class_ap.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", "kind", "ap", "positive_rate", *[f"ap_{m}" for m in report.get("per_modality", {})]])
+        kinds = dataset.class_kinds()
+        for name in dataset.classes:
+            writer.writerow([name, kinds.get(name, ""), report["per_class_ap"][name], report["positive_rate"][name],
+                             *[p["per_class_ap"][name] for p in report.get("per_modality", {}).values()]])
+    return report
+
+
+def variant_name(fusion: str, fusion_layer: int, bottlenecks: int) -> str:
+    """Directory name of one sweep setting."""
+    return f"{fusion}-lf{fusion_layer}-b{bottlenecks}"
+
+
+def sweep(recipe: str, data_dir: str | Path, out_dir: str | Path, fusions: Sequence[str],
+          fusion_layers: Sequence[int], bottlenecks: Sequence[int], overrides: Sequence[str] = (),
+          progress: bool = True) -> list[dict[str, Any]]:
+    """Train and evaluate every fusion x L_f x B setting; write `results.csv` and `results.json`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = []
+    for fusion in fusions:
+        for lf in fusion_layers:
+            # B only matters for bottleneck fusion below L = L_f: one run covers the others.
+            for b in (bottlenecks if fusion == "bottleneck" else bottlenecks[:1]):
+                settings.append((fusion, lf, b))
+    rows = []
+    for fusion, lf, b in tqdm(settings, desc="sweep", unit="run", disable=not progress):
+        run = load_run_config(recipe, [f"data.dir={Path(data_dir)}", *overrides, f"model.fusion={fusion}",
+                                       f"model.fusion_layer={lf}", f"model.num_bottlenecks={b}"])
+        run_dir = out / variant_name(fusion, lf, b)
+        if not (run_dir / "eval.json").exists():
+            train_run(run, run_dir, progress=progress)
+            evaluate_run(run_dir, run.data.test_split, progress=progress)
+        report = json.loads((run_dir / "eval.json").read_text())
+        rows.append({"fusion": fusion, "fusion_layer": lf, "num_bottlenecks": b, "num_layers": run.model.num_layers,
+                     "mAP": report["mAP"], "gflops": gflops(run.model), "gflops_official": gflops(run.model, "official"),
+                     **{f"mAP_{k}": v for k, v in report.get("mAP_by_kind", {}).items()},
+                     "run_dir": str(run_dir)})
+    (out / "results.json").write_text(json.dumps(rows, indent=2))
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows

@@ -1,0 +1,130 @@
+"""From a data directory (manifest + data card) to batches: splits, label matrices, token cache, grain.
+
+The training iterator is a grain `MapDataset` (deterministic order by seed, per-host shards, worker
+processes) whose iterator state goes into every checkpoint, so a resumed run reads the same batches.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import grain
+import jax
+import numpy as np
+
+from mbt_core.augment import color_jitter, random_crop, random_flip, spec_augment
+from mbt_core.cache import CachedSplit, build_cache
+from mbt_core.config import MBTConfig
+from mbt_core.datasets import locate, read_card, read_manifest
+from mbt_core.datasets.manifest import MANIFEST_PATTERN
+from mbt_core.datasets.records import ClipRecord
+from mbt_core.recipes import DataConfig, TrainConfig
+
+
+@dataclasses.dataclass
+class Dataset:
+    """A dataset's splits (records with paths), classes, label type and data card."""
+
+    root: Path
+    splits: dict[str, list[ClipRecord]]
+    classes: list[str]
+    label_type: str
+    card: dict[str, Any]
+
+    def labels(self, split: str) -> np.ndarray:
+        """Dense (N, C) float32 targets of a split: multi-hot (multi-label) or one-hot (single label)."""
+        out = np.zeros((len(self.splits[split]), len(self.classes)), np.float32)
+        for i, record in enumerate(self.splits[split]):
+            labels = record.labels if isinstance(record.labels, tuple) else (record.labels,)
+            out[i, list(labels)] = 1.0
+        return out
+
+    def class_kinds(self) -> dict[str, str]:
+        """Class name -> kind (audio, visual, pairing, ...) where the card records kinds."""
+        kinds = self.card.get("class_kinds") or self.card.get("kinds") or {}
+        return dict(kinds) if isinstance(kinds, dict) else {}
+
+
+def load_dataset(data: DataConfig) -> Dataset:
+    """Read a data directory's manifest and card; locate every clip (missing files: one report)."""
+    root = Path(data.dir)
+    card = read_card(root / data.card)
+    classes = list(card["classes"])
+    records, _ = read_manifest(root / data.manifest, classes)
+    found, missing = locate(records, root, MANIFEST_PATTERN)
+    if len(found) != len(records):
+        raise FileNotFoundError(f"{root / data.manifest}: {missing}")
+    splits: dict[str, list[ClipRecord]] = {}
+    for record in found:
+        splits.setdefault(record.split or "train", []).append(record)
+    return Dataset(root, splits, classes, card["label_type"], card)
+
+
+def tokenised_split(dataset: Dataset, split: str, config: MBTConfig, num_views: int,
+                    progress: bool = True) -> CachedSplit:
+    """A split tokenised (through the cache under `<data dir>/.token_cache`) and loaded."""
+    if split not in dataset.splits:
+        raise ValueError(f"{dataset.root}: no split {split!r}; splits: {sorted(dataset.splits)}")
+    directory = build_cache(dataset.splits[split], config, dataset.root / ".token_cache", split,
+                            num_views=num_views, progress=progress)
+    return CachedSplit.load(directory)
+
+
+def _augment(train: TrainConfig, image_size: int) -> Callable[[dict, np.random.Generator], dict]:
+    def apply(example: dict, rng: np.random.Generator) -> dict:
+        example = dict(example)
+        if train.frame_augment:
+            frames = (example["rgb"] + 1.0) / 2.0
+            frames = random_flip(random_crop(frames, image_size, rng), rng)
+            example["rgb"] = color_jitter(frames, rng) * 2.0 - 1.0
+        if train.spec_augment:
+            example["spec"] = spec_augment(example["spec"], rng)
+        return example
+    return apply
+
+
+class TrainIterator:
+    """Infinite shuffled batches of one split, with a checkpointable state."""
+
+    def __init__(self, split: CachedSplit, labels: np.ndarray, clip_ids: list[str], train: TrainConfig,
+                 config: MBTConfig, modalities: tuple[str, ...], workers: int = 0):
+        if train.batch_size % jax.process_count():
+            raise ValueError(f"train.batch_size {train.batch_size} is not divisible by {jax.process_count()} hosts")
+        ids = np.asarray(clip_ids)
+
+        def load(index: int) -> dict:
+            example = {k: v for k, v in split.example(index).items() if k in modalities}
+            return {**example, "labels": labels[index], "index": np.int64(index)}
+
+        ds = grain.MapDataset.range(len(split))[jax.process_index()::jax.process_count()]
+        ds = ds.seed(train.seed).shuffle().repeat().map(load)
+        if train.frame_augment or train.spec_augment:
+            ds = ds.random_map(_augment(train, config.image_size))
+        ds = ds.batch(train.batch_size // jax.process_count(), drop_remainder=True)
+        ds = ds.map(lambda b: {**{k: v for k, v in b.items() if k != "index"}, "clip_id": ids[b["index"]]})
+        iter_ds = ds.to_iter_dataset()
+        if workers > 0:
+            iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers),
+                                          worker_init_fn=lambda *_: os.environ.update(OPENBLAS_NUM_THREADS="1"))
+        self._it = iter(iter_ds)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        return next(self._it)
+
+    def get_state(self) -> dict:
+        """The position in the stream (JSON-able), saved with each checkpoint."""
+        return self._it.get_state()
+
+    def set_state(self, state: dict) -> None:
+        """Continue from a saved position."""
+        self._it.set_state(state)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Optimiser steps in one pass over the training split."""
+    return max(num_examples // batch_size, 1)

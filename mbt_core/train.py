@@ -1,0 +1,188 @@
+"""Training (Sec. 4.2): data-parallel over every device, resumable from orbax checkpoints, guarded.
+
+`train(run, out_dir)` writes `config.json`, `metrics.jsonl` and `checkpoints/` (the last N) and `best/`
+(the best by validation mAP); re-running the same command resumes from the latest checkpoint with the
+same data order and random streams, so an interrupted run ends with the parameters of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+from mbt_core.augment import mixup
+from mbt_core.losses import mbt_loss
+from mbt_core.model import MBT, dummy_inputs
+from mbt_core.optim import make_optimizer
+from mbt_core.recipes import RunConfig
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped on a NaN or infinite loss; the last good state was checkpointed."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a resumed run needs besides the data iterator: params, optimiser state, step, RNG."""
+
+    params: Any
+    opt_state: Any
+    step: jnp.ndarray
+    rng: jnp.ndarray  # Base key; each step folds in its own number.
+
+
+def data_mesh() -> Mesh:
+    """A 1-D mesh over every device of every host: the batch is split along `data`, params replicated."""
+    return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def init_state(run: RunConfig, steps_per_epoch: int, params: Any = None) -> tuple[TrainState, Any]:
+    """A fresh TrainState (random init unless `params` is given) and the optax transformation."""
+    model = MBT(run.model)
+    rng = jax.random.PRNGKey(run.train.seed)
+    if params is None:
+        params = model.init(jax.random.split(rng)[0], dummy_inputs(run.model, 1), train=False)["params"]
+    tx = make_optimizer(run.train, steps_per_epoch)
+    return TrainState(params=params, opt_state=tx.init(params), step=jnp.asarray(0, jnp.int32), rng=rng), tx
+
+
+def make_train_step(run: RunConfig, tx: Any, label_type: str) -> Callable:
+    """A pure (state, batch) -> (state, metrics) step: loss, gradients, clipped optimiser update."""
+    model = MBT(run.model)
+    dtype = jnp.dtype(run.train.compute_dtype)
+    per_modality = run.train.loss == "per_modality" and run.model.classifier == "token"
+
+    def loss_fn(params, batch, rng):
+        inputs = {m: batch[m].astype(dtype) for m in run.model.modalities if m in batch}
+        cast = jax.tree_util.tree_map(lambda p: p.astype(dtype), params)
+        logits, aux = model.apply({"params": cast}, inputs, train=True, rngs={"dropout": rng})
+        logits, aux = jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), (logits, aux))
+        return mbt_loss(logits, aux, batch, label_type, per_modality=per_modality,
+                        smoothing=run.train.label_smoothing)
+
+    def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(state.rng, state.step)
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = jax.tree_util.tree_map(lambda p, u: p + u, state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax_global_norm(grads)}
+        return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
+
+    return step
+
+
+def optax_global_norm(tree: Any) -> jnp.ndarray:
+    """Global L2 norm of a pytree (the quantity gradient clipping bounds)."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def shard_batch(batch: dict, mesh: Mesh) -> dict:
+    """Place this host's examples on its devices as one global batch split along `data`."""
+    devices = mesh.devices.size
+    local = next(iter(batch.values()))
+    size = len(local) * jax.process_count()
+    if size % devices:
+        raise ValueError(f"a global batch of {size} examples cannot be split across {devices} devices: "
+                         f"choose train.batch_size divisible by {devices}")
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    return jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+def checkpoint_manager(directory: Path, keep: int) -> ocp.CheckpointManager:
+    """An orbax manager keeping the last `keep` checkpoints of (state, data iterator)."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(directory.absolute(), options=options, item_names=("state", "data"))
+
+
+def save(manager: ocp.CheckpointManager, state: TrainState, data_state: dict) -> None:
+    """Write one checkpoint at the state's step (atomic: an interrupted write is never read back)."""
+    step = int(state.step)
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               data=ocp.args.JsonSave(data_state)), force=True)
+    manager.wait_until_finished()
+
+
+def restore(manager: ocp.CheckpointManager, template: TrainState) -> tuple[TrainState, dict] | None:
+    """The latest (state, data iterator state), or None when there is no checkpoint."""
+    step = manager.latest_step()
+    if step is None:
+        return None
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+    got = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                        data=ocp.args.JsonRestore()))
+    return got.state, got.data
+
+
+def _trim_log(path: Path, step: int) -> None:
+    # Lines logged after the checkpoint we resume from were lost with the process: drop them.
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        path.write_text("".join(line + "\n" for line in lines if json.loads(line).get("step", 0) <= step))
+
+
+def fit(run: RunConfig, out_dir: str | Path, batches: Iterator[dict], data_state: Callable[[], dict],
+        restore_data: Callable[[dict], None], *, label_type: str, steps_per_epoch: int,
+        evaluate: Callable[[Any], dict] | None = None, params: Any = None, progress: bool = True) -> TrainState:
+    """The training loop over an iterator of host-local numpy batches (with `clip_id`), resumable."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(run.to_dict(), indent=2))
+    cfg = run.train
+    state, tx = init_state(run, steps_per_epoch, params)
+    manager = checkpoint_manager(out / "checkpoints", cfg.keep_checkpoints)
+    best_manager = checkpoint_manager(out / "best", 1)
+    restored = restore(manager, state)
+    log_path, best_path = out / "metrics.jsonl", out / "best.json"
+    if restored is not None:
+        state, saved = restored
+        restore_data(saved)
+        _trim_log(log_path, int(state.step))
+    best = json.loads(best_path.read_text())["value"] if best_path.exists() else -math.inf
+    mesh = data_mesh()
+    replicated = NamedSharding(mesh, PartitionSpec())
+    state = jax.device_put(state, replicated)
+    step_fn = jax.jit(make_train_step(run, tx, label_type), donate_argnums=())
+    start = int(state.step)
+    bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not progress, unit="step")
+    with log_path.open("a") as log:
+        for step in range(start, cfg.steps):
+            batch = dict(next(batches))
+            clip_ids = list(batch.pop("clip_id"))
+            if cfg.mixup_alpha > 0:
+                batch = mixup(batch, np.random.default_rng([cfg.seed, step]), cfg.mixup_alpha,
+                              modality_mixup=cfg.modality_mixup, modalities=list(run.model.modalities))
+                batch.pop("mixup_partner")
+                batch = {k: v for k, v in batch.items() if not k.startswith("mixup_")}
+            new_state, metrics = step_fn(state, shard_batch(batch, mesh))
+            loss = float(metrics["loss"])
+            if not math.isfinite(loss):
+                save(manager, state, data_state())
+                raise NonFiniteLossError(f"non-finite loss {loss} at step {step}; clips in the batch: {clip_ids}; "
+                                         f"the last good state (step {int(state.step)}) is checkpointed in {out}")
+            state = new_state
+            done = step + 1
+            record = {"step": done, "loss": loss, "grad_norm": float(metrics["grad_norm"])}
+            if evaluate is not None and cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
+                record.update({f"val_{k}": v for k, v in evaluate(state.params).items()})
+                if record.get("val_mAP", -math.inf) > best:
+                    best = record["val_mAP"]
+                    save(best_manager, state, data_state())
+                    best_path.write_text(json.dumps({"step": done, "value": best}))
+            if done % cfg.log_every == 0 or done == cfg.steps or len(record) > 3:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{loss:.4f}")
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                save(manager, state, data_state())
+            bar.update(1)
+    bar.close()
+    return state
