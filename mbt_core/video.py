@@ -79,7 +79,7 @@ def frame_times(start: float, seconds: float, num_frames: int, sampling: str = "
                 fps: float = 25.0) -> np.ndarray:
     """Times (s) of the F frames of a window [start, start + seconds) on the `fps` grid (Sec. 4.2).
 
-    "uniform": stride seconds*fps/F frames from the window start (AudioSet, VGGSound);
+    "uniform": stride seconds*fps/F frames from the window's first grid frame (AudioSet, VGGSound);
     "consecutive": stride 1, the F frames centred in the window (EPIC-Kitchens).
     """
     if sampling == "uniform":
@@ -88,7 +88,7 @@ def frame_times(start: float, seconds: float, num_frames: int, sampling: str = "
         offsets = np.arange(num_frames) + math.floor((seconds * fps - num_frames) / 2)
     else:
         raise ValueError(f"sampling must be 'uniform' or 'consecutive', got {sampling!r}")
-    return (math.floor(start * fps + 0.5) + offsets) / fps
+    return (math.ceil(start * fps - 1e-6) + offsets) / fps
 
 
 def resize_short_side(image: np.ndarray, short_side: int) -> np.ndarray:

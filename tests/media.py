@@ -25,9 +25,8 @@ def index_colour(i: int) -> tuple[int, int, int]:
 
 def decode_index(rgb: np.ndarray) -> int:
     """Frame index encoded in an RGB image (uint8 or [-1, 1] floats), read from its mean colour."""
-    rgb = np.asarray(rgb, np.float64)
-    if rgb.dtype.kind == "f" and rgb.min() >= -1.0 and rgb.max() <= 1.0:
-        rgb = (rgb + 1.0) * 127.5
+    rgb = np.asarray(rgb)
+    rgb = (rgb + 1.0) * 127.5 if rgb.dtype.kind == "f" else rgb.astype(np.float64)
     digits = np.clip(np.round((rgb.reshape(-1, 3).mean(0) - _STEP // 2) / _STEP), 0, 7).astype(int)
     return int(digits[0] + 8 * digits[1] + 64 * digits[2])
 

@@ -25,6 +25,8 @@ def test_frame_times_closed_form():
     np.testing.assert_allclose(video.frame_times(1.0, 8.0, 8), 1.0 + np.arange(8))
     np.testing.assert_allclose(video.frame_times(0.0, 4.0, 16), np.floor(np.arange(16) * 6.25) / 25)
     np.testing.assert_allclose(video.frame_times(2.0, 2.0, 32, "consecutive"), (50 + 9 + np.arange(32)) / 25)
+    # A window starting between grid frames begins at the next one: no frame before the window.
+    np.testing.assert_allclose(video.frame_times(1.33, 1.0, 2), [1.36, 1.84])
     with pytest.raises(ValueError, match="sampling"):
         video.frame_times(0.0, 1.0, 4, "random")
 

@@ -1,0 +1,132 @@
+"""Training augmentations (Sec. 4.2): frame crop/flip/colour, SpecAugment, mixup and modality mixup (Sec. 4.3).
+
+Per-example transforms act on one clip, with the same random draw for all its frames, and take an
+explicit `np.random.Generator`; `mixup` is a batch transform on a dict batch {"rgb", "spec", "labels"}.
+Defaults follow the official MBT AudioSet config where the paper is silent.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import cv2
+import numpy as np
+
+# SpecAugment of the official MBT config (lingvo): four time masks of up to 48 frames, one frequency mask
+# of up to 48 bins. The default of `spec_augment` is the paper's AST-style one.
+OFFICIAL_SPEC_AUGMENT = dict(time_masks=4, max_time=48, freq_masks=1, max_freq=48)
+_GREY = np.array([0.2989, 0.5870, 0.1140], np.float32)  # ITU-R 601 luma, as tf.image.rgb_to_grayscale
+
+
+def random_crop(frames: np.ndarray, size: int, rng: np.random.Generator,
+                scale: tuple[float, float] = (0.9, 1.33)) -> np.ndarray:
+    """Scale jitter then a random size x size crop of (F, H, W, C) frames, the same for every frame.
+
+    As the official pipeline: height and width are scaled by independent factors in `scale`, then
+    cropped; done here as the equivalent crop of size/factor pixels resized to `size`, which is cheaper.
+    """
+    h, w = frames.shape[1:3]
+    fh, fw = rng.uniform(*scale, size=2)
+    ch, cw = min(h, max(1, round(size / fh))), min(w, max(1, round(size / fw)))
+    top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    crop = frames[:, top:top + ch, left:left + cw]
+    if (ch, cw) == (size, size):
+        return np.ascontiguousarray(crop)
+    mode = cv2.INTER_AREA if ch > size and cw > size else cv2.INTER_LINEAR
+    return np.stack([cv2.resize(f, (size, size), interpolation=mode).reshape(size, size, -1) for f in crop])
+
+
+def random_flip(frames: np.ndarray, rng: np.random.Generator, p: float = 0.5) -> np.ndarray:
+    """Mirror (F, H, W, C) frames left-right with probability p."""
+    return frames[:, :, ::-1] if rng.random() < p else frames
+
+
+def color_jitter(frames: np.ndarray, rng: np.random.Generator, p: float = 0.8, drop: float = 0.1,
+                 brightness: float = 32 / 255, saturation: tuple[float, float] = (0.6, 1.4),
+                 contrast: tuple[float, float] = (0.6, 1.4), hue: float = 0.2) -> np.ndarray:
+    """Colour jitter of float RGB frames in [0, 1], one draw per clip (the official video colour augmentation).
+
+    With probability p: brightness + U(-b, b), saturation x U(s), contrast x U(c) about each frame's
+    channel means, hue + U(-h, h) turns; then, with probability `drop`, greyscale. Returns float32 in [0, 1].
+    """
+    x = np.asarray(frames, np.float32)
+    f, h, w, c = x.shape
+    if rng.random() < p:
+        x = x + rng.uniform(-brightness, brightness)
+        x = _hsv(x, saturation=rng.uniform(*saturation))
+        mean = x.mean(axis=(1, 2), keepdims=True)
+        x = (x - mean) * rng.uniform(*contrast) + mean
+        x = _hsv(x, hue=rng.uniform(-hue, hue))
+        x = x.clip(0.0, 1.0)
+    if rng.random() < drop:
+        x = np.repeat(x @ _GREY, 3).reshape(f, h, w, c)
+    return x.astype(np.float32)
+
+
+def _hsv(x: np.ndarray, saturation: float = 1.0, hue: float = 0.0) -> np.ndarray:
+    """Scale saturation and turn hue (in turns) of float RGB frames through HSV (OpenCV: H in degrees)."""
+    f, h, w, c = x.shape
+    hsv = cv2.cvtColor(np.ascontiguousarray(x.clip(0.0, 1.0).reshape(f * h, w, c)), cv2.COLOR_RGB2HSV)
+    hsv[..., 0] = (hsv[..., 0] + 360.0 * hue) % 360.0
+    hsv[..., 1] = (hsv[..., 1] * saturation).clip(0.0, 1.0)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).reshape(f, h, w, c)
+
+
+def spec_augment(spec: np.ndarray, rng: np.random.Generator, *, time_masks: int = 1, max_time: int = 192,
+                 freq_masks: int = 1, max_freq: int = 48, value: float = 0.0) -> np.ndarray:
+    """SpecAugment masks (Sec. 4.2): time and frequency bands of a (time, mel[, C]) spectrogram set to `value`.
+
+    Defaults: the paper's AST style, one time mask of up to 192 frames and one frequency mask of up to 48
+    bins; `**OFFICIAL_SPEC_AUGMENT` gives the official config's four time masks of up to 48 frames. Each
+    mask's width is uniform in [0, max] (capped at the axis length), its position uniform where it fits.
+    """
+    out = np.array(spec, copy=True)
+    for axis, count, widest in ((0, time_masks, max_time), (1, freq_masks, max_freq)):
+        length = out.shape[axis]
+        for _ in range(count):
+            width = int(rng.integers(0, min(widest, length) + 1))
+            first = int(rng.integers(0, length - width + 1))
+            index = [slice(None)] * out.ndim
+            index[axis] = slice(first, first + width)
+            out[tuple(index)] = value
+    return out
+
+
+def mixup(batch: Mapping[str, np.ndarray], rng: np.random.Generator, alpha: float = 0.3, *,
+          modality_mixup: bool = False, partner: str = "reverse", modalities: Sequence[str] | None = None,
+          weights: Mapping[str, float] | None = None) -> dict[str, np.ndarray]:
+    """Mixup [59] or modality mixup (Sec. 4.3) of a dict batch {modality: (B, ...), "labels": (B, K)}.
+
+    Every modality m is mixed with the same partner permutation p: x_m <- l_m x_m + (1 - l_m) x_m[p],
+    where l_m ~ Beta(alpha, alpha) is drawn once for all modalities (mixup) or once per modality
+    (modality mixup); `weights` fixes the l_m instead. p is the reversed batch (as the official code) or,
+    with partner="random", a random permutation. Returns a new dict: the mixed modalities,
+    "labels_<m>" = l_m y + (1 - l_m) y[p], "mixup_<m>" = l_m, "mixup_partner" = p, and "labels" = the mean
+    of the labels_<m> (the mixed labels themselves when the weight is shared). Other keys pass through.
+    """
+    labels = np.asarray(batch["labels"])
+    size = len(labels)
+    if modalities is None:
+        modalities = [k for k in batch if k != "labels"]
+    if partner == "reverse":
+        perm = np.arange(size)[::-1].copy()
+    elif partner == "random":
+        perm = rng.permutation(size)
+    else:
+        raise ValueError(f"partner must be 'reverse' or 'random', got {partner!r}")
+    if weights is None:
+        if not alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {alpha}")
+        shared = rng.beta(alpha, alpha)
+        weights = {m: (rng.beta(alpha, alpha) if modality_mixup else shared) for m in modalities}
+    out = dict(batch)
+    for m in modalities:
+        lam = np.float32(weights[m])
+        x = np.asarray(batch[m])
+        if len(x) != size:
+            raise ValueError(f"batch[{m!r}] has {len(x)} examples but labels have {size}")
+        out[m] = (lam * x + (1 - lam) * x[perm]).astype(x.dtype)
+        out[f"labels_{m}"] = (lam * labels + (1 - lam) * labels[perm]).astype(np.float32)
+        out[f"mixup_{m}"] = lam
+    out["labels"] = np.mean([out[f"labels_{m}"] for m in modalities], axis=0).astype(np.float32)
+    out["mixup_partner"] = perm
+    return out
