@@ -1,0 +1,243 @@
+"""Training: losses and schedule against closed forms, one step on mock data, SIGKILL resume, guards."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mbt_core.cache import CachedSplit
+from mbt_core.losses import classification_loss, mbt_loss
+from mbt_core.optim import learning_rate_schedule, make_optimizer
+from mbt_core.pipeline import TrainIterator
+from mbt_core.recipes import RECIPES, TrainConfig, load_run_config
+from mbt_core.train import NonFiniteLossError, fit, init_state, make_train_step
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def mock_split(config, n=16, seed=0, classes=5):
+    """An in-memory tokenised split with random frames and spectrograms, and random multi-hot labels."""
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 256, (n, 1, *config.input_shape("rgb")), dtype=np.uint8)
+    spec = rng.normal(size=(n, 1, config.spec_frames, config.mel_bins)).astype(np.float32)
+    split = CachedSplit(frames, spec, np.zeros(n, bool), np.zeros(n, bool))
+    labels = (rng.random((n, classes)) < 0.4).astype(np.float32)
+    return split, labels, [f"clip{i}" for i in range(n)]
+
+
+def micro_run(**train):
+    base = dict(steps=6, batch_size=4, optimizer="adamw", learning_rate=1e-3, mixup_alpha=0.0,
+                spec_augment=False, frame_augment=False, log_every=1, checkpoint_every=2, warmup_epochs=0.5)
+    return load_run_config("synthetic-tiny", ["model.preset='micro'", *[f"train.{k}={v!r}" for k, v in
+                                                                            {**base, **train}.items()]])
+
+
+def test_losses_match_closed_forms():
+    rng = np.random.default_rng(0)
+    logits, targets = rng.normal(size=(4, 3)).astype(np.float32), (rng.random((4, 3)) < 0.5).astype(np.float32)
+    p = 1 / (1 + np.exp(-logits))
+    bce = -(targets * np.log(p) + (1 - targets) * np.log(1 - p)).sum(-1).mean()
+    assert float(classification_loss(logits, targets, "multi_label")) == pytest.approx(bce, rel=1e-5)
+    onehot = np.eye(3)[[0, 2, 1, 1]]
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    assert float(classification_loss(logits, onehot, "single_label")) == pytest.approx(-(onehot * logp).sum(-1).mean(),
+                                                                                       rel=1e-5)
+    smoothed = onehot * 0.9 + 0.1 / 3
+    assert float(classification_loss(logits, onehot, "single_label", 0.1)) == pytest.approx(
+        -(smoothed * logp).sum(-1).mean(), rel=1e-5)
+    heads = {"verb": logits, "noun": logits[:, :2]}
+    labels = {"verb": onehot, "noun": np.eye(2)[[0, 1, 1, 0]]}
+    want = sum(float(classification_loss(heads[h], labels[h], "single_label")) for h in heads)
+    assert float(classification_loss(heads, labels, "multi_head")) == pytest.approx(want, rel=1e-6)
+    with pytest.raises(ValueError, match="label_type"):
+        classification_loss(logits, targets, "ranking")
+
+
+def test_per_modality_loss_uses_each_modality_mixed_labels():
+    rng = np.random.default_rng(1)
+    aux = {"per_modality": {m: rng.normal(size=(2, 3)).astype(np.float32) for m in ("spec", "rgb")}}
+    batch = {"labels": np.ones((2, 3)), "labels_spec": np.zeros((2, 3)), "labels_rgb": np.ones((2, 3))}
+    got = mbt_loss(None, aux, batch, "multi_label")
+    want = (classification_loss(aux["per_modality"]["spec"], np.zeros((2, 3)), "multi_label")
+            + classification_loss(aux["per_modality"]["rgb"], np.ones((2, 3)), "multi_label")) / 2
+    assert float(got) == pytest.approx(float(want))
+    mean_logits = (aux["per_modality"]["spec"] + aux["per_modality"]["rgb"]) / 2
+    assert float(mbt_loss(mean_logits, aux, batch, "multi_label", per_modality=False)) == pytest.approx(
+        float(classification_loss(mean_logits, np.ones((2, 3)), "multi_label")))
+
+
+def test_schedule_warmup_then_cosine_and_clipping():
+    train = TrainConfig(steps=100, learning_rate=0.5, warmup_epochs=2.5)
+    schedule = learning_rate_schedule(train, steps_per_epoch=4)  # 10 warmup steps
+    assert float(schedule(0)) == 0.0
+    assert float(schedule(5)) == pytest.approx(0.25)
+    assert float(schedule(10)) == pytest.approx(0.5)
+    assert float(schedule(55)) == pytest.approx(0.25, abs=1e-6)  # half way through the cosine
+    assert float(schedule(100)) == pytest.approx(0.0, abs=1e-7)
+    tx = make_optimizer(TrainConfig(steps=100, learning_rate=1.0, momentum=0.0, warmup_epochs=0.0, grad_clip_norm=1.0),
+                        steps_per_epoch=4)
+    grads = {"w": jnp.asarray([30.0, 40.0])}
+    updates, _ = tx.update(grads, tx.init(grads), grads)
+    assert float(optax.tree.norm(updates)) <= 1.0 + 1e-6
+
+
+def test_paper_recipe_values():
+    run = load_run_config("paper")
+    assert (run.train.optimizer, run.train.learning_rate, run.train.momentum, run.train.batch_size) == ("sgd", 0.5, 0.9, 64)
+    assert (run.train.warmup_epochs, run.train.grad_clip_norm, run.train.mixup_alpha) == (2.5, 1.0, 0.3)
+    assert run.train.modality_mixup and run.model.stochastic_depth == 0.3 and run.model.hidden_size == 768
+    tiny = load_run_config("synthetic-tiny", ["model.fusion_layer=2", "train.steps=7"])
+    assert tiny.model.num_layers >= 2 and tiny.model.fusion_layer == 2 and tiny.train.steps == 7
+    assert not RECIPES["synthetic-tiny"]["train"]["modality_mixup"]
+    with pytest.raises(ValueError, match="steps_total"):
+        load_run_config("synthetic-tiny", ["train.steps_total=3"])
+    with pytest.raises(ValueError, match="section"):
+        load_run_config("synthetic-tiny", ["steps=3"])
+
+
+def test_one_training_step_on_mock_data():
+    run = micro_run()
+    split, labels, _ = mock_split(run.model)
+    state, tx = init_state(run, 4)
+    step = jax.jit(make_train_step(run, tx, "multi_label"))
+    batch = {"rgb": split.example(0)["rgb"][None].repeat(4, 0), "spec": split.spec[:4, 0], "labels": labels[:4]}
+    new, metrics = step(state, batch)
+    assert np.isfinite(float(metrics["loss"])) and int(new.step) == 1
+    new, _ = step(new, batch)  # The warmup starts from a learning rate of 0.
+    changed = jax.tree_util.tree_map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), state.params, new.params)
+    assert sum(jax.tree_util.tree_leaves(changed)) > len(jax.tree_util.tree_leaves(changed)) // 2
+    # Repeated steps on one batch lower its loss.
+    losses = []
+    for _ in range(5):
+        new, metrics = step(new, batch)
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < losses[0]
+
+
+def test_non_finite_loss_stops_with_step_and_clip_ids(tmp_path):
+    run = micro_run(steps=4)
+    split, labels, ids = mock_split(run.model)
+    split.spec[:] = np.nan
+    it = TrainIterator(split, labels, ids, run.train, run.model, run.model.modalities)
+    with pytest.raises(NonFiniteLossError, match=r"step 0.*clip"):
+        fit(run, tmp_path, it, it.get_state, it.set_state, label_type="multi_label", steps_per_epoch=4,
+            progress=False)
+    assert (tmp_path / "checkpoints" / "0").exists()
+
+
+def test_batch_not_divisible_across_devices_is_named():
+    from mbt_core.train import data_mesh, shard_batch
+    mesh = data_mesh()
+    if mesh.devices.size == 1:
+        batch = {"x": np.zeros((3, 2))}
+        assert shard_batch(batch, mesh)["x"].shape == (3, 2)
+    script = textwrap.dedent("""
+        import numpy as np
+        from mbt_core.train import data_mesh, shard_batch
+        try:
+            shard_batch({"x": np.zeros((3, 2))}, data_mesh())
+        except ValueError as e:
+            print("ERR", e)
+    """)
+    out = _run_devices(script, 2)
+    assert "cannot be split across 2 devices" in out
+
+
+def _run_devices(script: str, devices: int, timeout: int = 300) -> str:
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+                         "--xla_cpu_collective_call_terminate_timeout_seconds=600")
+    got = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=timeout,
+                         cwd=ROOT)
+    assert got.returncode == 0, got.stderr[-3000:]
+    return got.stdout
+
+
+def test_data_parallel_step_equals_single_device():
+    script = textwrap.dedent("""
+        import jax, numpy as np, sys
+        sys.path.insert(0, "tests")
+        from jax.sharding import Mesh
+        from test_train import micro_run, mock_split
+        from mbt_core.train import init_state, make_train_step, shard_batch
+        run = micro_run(batch_size=8)
+        split, labels, _ = mock_split(run.model, n=8)
+        batch = {"rgb": np.stack([split.example(i)["rgb"] for i in range(8)]), "spec": split.spec[:, 0],
+                 "labels": labels}
+        outs = []
+        for devices in (jax.devices()[:1], jax.devices()):
+            mesh = Mesh(np.asarray(devices), ("data",))
+            state, tx = init_state(run, 4)
+            new, metrics = jax.jit(make_train_step(run, tx, "multi_label"))(state, shard_batch(batch, mesh))
+            outs.append((float(metrics["loss"]), jax.device_get(new.params)))
+        assert len(jax.devices()) == 4
+        (l1, p1), (l4, p4) = outs
+        diff = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p4)))
+        print("RESULT", l1, l4, diff)
+    """)
+    out = _run_devices(script, 4)
+    _, l1, l4, diff = next(line for line in out.splitlines() if line.startswith("RESULT")).split()
+    assert float(l1) == pytest.approx(float(l4), rel=1e-5)
+    assert float(diff) < 1e-5
+
+
+RESUME_SCRIPT = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, "tests")
+    from test_train import micro_run, mock_split
+    from mbt_core.pipeline import TrainIterator
+    from mbt_core.train import fit
+    out, slow = sys.argv[1], float(sys.argv[2])
+    run = micro_run(steps=12, checkpoint_every=3, mixup_alpha=0.3, modality_mixup=True, spec_augment=True,
+                    frame_augment=True, log_every=1)
+    split, labels, ids = mock_split(run.model, n=10)
+    it = TrainIterator(split, labels, ids, run.train, run.model, run.model.modalities)
+
+    class Slow:
+        def __iter__(self):
+            return self
+        def __next__(self):
+            time.sleep(slow)
+            return next(it)
+
+    fit(run, out, Slow(), it.get_state, it.set_state, label_type="multi_label", steps_per_epoch=2, progress=False)
+""")
+
+
+def _final_params(run_dir):
+    from mbt_core.experiment import load_params
+    return jax.device_get(load_params(run_dir)[1])
+
+
+def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
+    script = tmp_path / "resume.py"
+    script.write_text(RESUME_SCRIPT)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run([sys.executable, str(script), str(straight), "0"], check=True, cwd=ROOT, env=env, timeout=600)
+    proc = subprocess.Popen([sys.executable, str(script), str(killed), "0.3"], cwd=ROOT, env=env)
+    log = killed / "metrics.jsonl"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.exists() and any(json.loads(line)["step"] >= 7 for line in log.read_text().splitlines() if line):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    steps_logged = [json.loads(line)["step"] for line in log.read_text().splitlines() if line]
+    assert max(steps_logged) < 12
+    subprocess.run([sys.executable, str(script), str(killed), "0"], check=True, cwd=ROOT, env=env, timeout=600)
+    a, b = _final_params(straight), _final_params(killed)
+    jax.tree_util.tree_map(lambda x, y: np.testing.assert_array_equal(x, y), a, b)
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines() if line]
+    assert steps == list(range(1, 13))
