@@ -18,7 +18,6 @@ import numpy as np
 from mbt_core.video import MissingAudioError, VideoDecodeError
 
 SAMPLE_RATE = 16000
-FRAMES_PER_SECOND = 100  # hop of 10 ms
 # The one log-mel of the project (AST-like, Sec. 4.2): `log(melspectrogram(y, **MEL, n_mels=mel_bins) + LOG_EPS)`.
 MEL = dict(sr=SAMPLE_RATE, n_fft=400, win_length=400, hop_length=160, window="hamming",
            fmin=0.0, fmax=8000.0, power=2.0)
@@ -55,39 +54,51 @@ class _SeekMissed(Exception):
     """The audio seek landed after the start of the range needed."""
 
 
-def _decode(path: str, lo: float, hi: float, origin: float, seek: bool) -> tuple[np.ndarray, np.ndarray, int, float]:
-    """Native-rate mono samples from sample round(lo * rate) to round(hi * rate), their coverage mask,
-    the native rate and the track's end."""
+def _decode(path: str, lo: float, hi: float, origin: float,
+            seek: bool) -> tuple[np.ndarray, np.ndarray, int, tuple[float, float]]:
+    """Native-rate mono samples of [lo, hi), their coverage mask, the rate and the track's declared [start, end)."""
     with av.open(path) as container:
         if not container.streams.audio:
             raise MissingAudioError(f"{path}: no audio track")
         stream = container.streams.audio[0]
-        rate = stream.codec_context.sample_rate
-        if not rate:
-            raise VideoDecodeError(f"{path}: the audio track declares no sample rate")
         tb = float(stream.time_base)
         start = stream.start_time * tb - origin if stream.start_time is not None else 0.0
         end = start + stream.duration * tb if stream.duration else math.inf
-        first = int(round(lo * rate))  # integer sample clock: frames tile without rounding gaps
-        n = max(0, int(round(hi * rate)) - first)
-        samples, valid = np.zeros(n, np.float32), np.zeros(n, bool)
         seek = seek and lo - start > _SEEK_AFTER_S
         if seek:
             container.seek(int((lo + origin - _SEEK_AFTER_S / 2) / tb), stream=stream)
+        # The decoder's rate, not the container's: they differ for HE-AAC (SBR doubles the rate).
+        rate, samples, valid, first, expected = stream.codec_context.sample_rate, None, None, 0, None
         for frame in container.decode(stream):
             if frame.pts is None:
                 raise VideoDecodeError(f"{path}: audio frame without a timestamp")
             t = frame.pts * tb - origin
-            if seek and t > lo and not valid.any():
-                raise _SeekMissed()
+            if samples is None:
+                if seek and t > lo:
+                    raise _SeekMissed()
+                rate = frame.sample_rate
+                first = int(round(lo * rate))  # integer sample clock: frames tile without rounding gaps
+                samples = np.zeros(max(0, int(round(hi * rate)) - first), np.float32)
+                valid = np.zeros(len(samples), bool)
+            elif frame.sample_rate != rate:
+                raise VideoDecodeError(f"{path}: the audio sample rate changes from {rate} to {frame.sample_rate} Hz")
             if t >= hi:
                 break
             i = int(round(t * rate)) - first  # placed by timestamp: priming samples never shift the audio
+            # A coarse container clock (Matroska: 1 ms) jitters contiguous frames: keep them contiguous.
+            if expected is not None and abs(i - expected) <= math.ceil(tb * rate) + 1:
+                i = expected
             x = _mono(frame)
-            a, b = max(i, 0), min(i + len(x), n)
+            expected = i + len(x)
+            a, b = max(i, 0), min(i + len(x), len(samples))
             if b > a:
                 samples[a:b], valid[a:b] = x[a - i:b - i], True
-        return samples, valid, rate, end
+        if not rate:
+            raise VideoDecodeError(f"{path}: the audio track declares no sample rate")
+        if samples is None:  # nothing decoded from lo on: the window lies past the track
+            samples = np.zeros(max(0, int(round(hi * rate)) - int(round(lo * rate))), np.float32)
+            valid = np.zeros(len(samples), bool)
+        return samples, valid, rate, (start, end)
 
 
 def load_audio(path: str | os.PathLike, start: float, seconds: float, *, lo: float = -math.inf,
@@ -105,9 +116,9 @@ def load_audio(path: str | os.PathLike, start: float, seconds: float, *, lo: flo
         return out
     try:
         try:
-            native, cover, native_rate, end = _decode(path, a - _MARGIN_S, b + _MARGIN_S, origin, seek=True)
+            native, cover, native_rate, track = _decode(path, a - _MARGIN_S, b + _MARGIN_S, origin, seek=True)
         except _SeekMissed:
-            native, cover, native_rate, end = _decode(path, a - _MARGIN_S, b + _MARGIN_S, origin, seek=False)
+            native, cover, native_rate, track = _decode(path, a - _MARGIN_S, b + _MARGIN_S, origin, seek=False)
     except av.error.FFmpegError as e:
         raise VideoDecodeError(f"{path}: cannot decode the audio track ({e})") from e
     # Resampling keeps time: sample j of either buffer sits at t0 + j / its rate.
@@ -121,10 +132,11 @@ def load_audio(path: str | os.PathLike, start: float, seconds: float, *, lo: flo
     out.valid[(times < a) | (times >= b)] = False
     out.samples[~out.valid] = 0.0  # neither margin nor resampler ringing leaks into the padding
     # Audio that stops well before the track's declared end is lost data, not a short track.
-    last = times[out.valid][-1] if out.valid.any() else a
-    if math.isfinite(end) and min(b, end) - last > 0.5:
-        raise VideoDecodeError(f"{path}: audio stops at {last:.3f} s but the track declares {end:.3f} s "
-                               f"(truncated or corrupt audio)")
+    first, last = max(a, track[0]), min(b, track[1])
+    decoded = times[out.valid][-1] if out.valid.any() else first
+    if last - first > 0.5 and last - decoded > 0.5:
+        raise VideoDecodeError(f"{path}: audio stops at {decoded:.3f} s but the track declares "
+                               f"[{track[0]:.3f}, {track[1]:.3f}) s (truncated or corrupt audio)")
     return out
 
 

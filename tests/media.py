@@ -46,14 +46,16 @@ def tone(freq: float, seconds: float, rate: int, amplitude: float = 0.5, channel
 def write_video(path: str | Path, frames: np.ndarray | None, fps: float = 25.0, *,
                 times: Sequence[float] | None = None, codec: str = "libx264",
                 audio: np.ndarray | None = None, rate: int = 16000, layout: str | None = None,
-                audio_start: float = 0.0, faststart: bool = False) -> Path:
-    """Write an mp4 with H.264/MPEG-4 `frames` (uint8 RGB) at `fps` or at explicit `times` (VFR), plus AAC audio.
+                audio_start: float = 0.0, audio_codec: str = "aac", container: str = "mp4",
+                faststart: bool = False) -> Path:
+    """Write a video of H.264/MPEG-4 `frames` (uint8 RGB) at `fps` or at explicit `times` (VFR), plus audio.
 
-    `audio` is float32 (channels, samples) at `rate`; `frames=None` writes an audio-only file.
+    `audio` is float32 (channels, samples) at `rate` (AAC, or e.g. "pcm_s16le" in "matroska");
+    `frames=None` writes an audio-only file.
     """
     path = Path(path)
     options = {"movflags": "+faststart"} if faststart else {}
-    with av.open(str(path), "w", format="mp4", options=options) as out:
+    with av.open(str(path), "w", format=container, options=options) as out:
         video = audio_stream = None
         if frames is not None:
             video = out.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
@@ -64,7 +66,7 @@ def write_video(path: str | Path, frames: np.ndarray | None, fps: float = 25.0, 
         if audio is not None:
             audio = np.atleast_2d(np.asarray(audio, np.float32))
             layout = layout or {1: "mono", 2: "stereo", 6: "5.1"}[audio.shape[0]]
-            audio_stream = out.add_stream("aac", rate=rate, layout=layout)
+            audio_stream = out.add_stream(audio_codec, rate=rate, layout=layout)
         if video is not None:
             for i, image in enumerate(frames):
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")

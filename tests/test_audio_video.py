@@ -163,6 +163,19 @@ def test_log_mel_matches_librosa_of_the_analytic_signal(tmp_path, rate, channels
     assert np.abs(spec - ref)[strong].max() < 0.05
 
 
+def test_matroska_pcm_with_a_millisecond_clock(tmp_path):
+    # 1000-sample PCM frames at 48 kHz have timestamps rounded to 1 ms: no gaps, no shift, right frames.
+    x = media.tone(1000, 4.0, 48000, channels=2)
+    x[:, : 2 * 48000] = 0.0
+    path = media.write_video(tmp_path / "clip.mkv", media.index_frames(120), fps=30, audio=x, rate=48000,
+                             audio_codec="pcm_s16le", container="matroska")
+    wave = audio.load_audio(path, 1.5, 1.0)
+    assert wave.valid.all() and abs(1.5 + np.argmax(np.abs(wave.samples) > 0.2) / 16000 - 2.0) < 0.001
+    times = video.frame_times(1.0, 2.0, 8)
+    got = [media.decode_index(f) for f in video.read_frames(video.probe(path), times, 24)]
+    assert got == [int(math.floor(t * 30 + 1e-9)) for t in times]
+
+
 def test_surround_channels_are_averaged(tmp_path):
     x = np.zeros((6, 32000), np.float32)
     x[0] = media.tone(500, 2.0, 16000)[0]  # front left only, of 5.1
@@ -178,6 +191,17 @@ def test_window_beyond_the_audio_is_zero_and_marked(tmp_path):
     wave = audio.load_audio(path, 0.5, 1.0, hi=1.0)
     assert wave.valid[:8000].all() and not wave.valid[8000:].any()
     assert np.abs(wave.samples[:7990]).max() > 0.4 and not wave.samples[8000:].any()
+
+
+def test_audio_track_starting_late(tmp_path):
+    # Audio from 2 s on: before it the window is zeros (not an error), and the onset stays at 2 s.
+    path = media.write_video(tmp_path / "late.mp4", media.index_frames(100), audio=media.tone(1000, 1.0, 16000),
+                             rate=16000, audio_start=2.0)
+    early = audio.load_audio(path, 0.0, 1.0)
+    assert not early.valid.any() and not early.samples.any()
+    wave = audio.load_audio(path, 1.5, 1.0)
+    assert not wave.valid[:6000].any() and wave.valid[8000:].all()
+    assert abs(1.5 + np.argmax(np.abs(wave.samples) > 0.2) / 16000 - 2.0) < 0.001
 
 
 def test_spectrogram_length_is_exactly_100_per_second():
