@@ -147,10 +147,11 @@ def views(video_path: str | os.PathLike, config: MBTConfig, n: int = 4, start: f
 
 def _segment(info: video.MediaInfo, start: float, end: float | None) -> tuple[float, float]:
     """The part [lo, hi) of the clip a view may use."""
-    hi = info.duration if end is None else min(end, info.duration)
-    if not 0 <= start < hi:
-        raise ValueError(f"{info.path}: segment [{start}, {end}) lies outside the clip [0, {info.duration:.3f})")
-    return start, hi
+    if end is not None and not end > start:
+        raise ValueError(f"{info.path}: empty segment [{start}, {end})")
+    if not 0 <= start < info.duration:
+        raise ValueError(f"{info.path}: start {start} lies outside the clip [0, {info.duration:.3f})")
+    return start, info.duration if end is None else min(end, info.duration)
 
 
 def _make_views(info: video.MediaInfo, config: MBTConfig, windows: list[tuple[float, float]], lo: float, hi: float,

@@ -4,6 +4,10 @@ All times are seconds on the *clip timeline*: 0 is the container's start time, s
 frames of one file share a clock. Frame-rate resampling is sample-and-hold: the 25 fps frame at time t is
 the source frame on screen at t (the last one whose timestamp is <= t), whatever the source rate or its
 variation (VFR), so `frame_times` fixes exactly which instants are seen.
+
+Bad files raise VideoDecodeError naming the file: unreadable, empty, without a video track, or with
+frames that stop before the declared end (truncated, or damaged so that decoding gives up). Damage the
+decoder conceals inside a frame cannot be seen through OpenCV and is not reported.
 """
 from __future__ import annotations
 

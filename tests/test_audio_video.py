@@ -105,6 +105,19 @@ def test_truncated_data_is_an_error_not_padding(tmp_path):
     assert str(path) in str(err.value)
 
 
+def test_corrupt_middle_is_an_error(tmp_path):
+    # A tenth of the file overwritten a third of the way in: the decoder gives up there; so must we.
+    data = bytearray(media.write_video(tmp_path / "whole.mp4", media.index_frames(250), fps=25,
+                                       audio=media.tone(440, 10, 16000), faststart=True).read_bytes())
+    n = len(data)
+    data[n // 3: n // 3 + n // 10] = np.random.default_rng(0).integers(0, 256, n // 10, np.uint8).tobytes()
+    path = tmp_path / "corrupt.mp4"
+    path.write_bytes(bytes(data))
+    with pytest.raises(video.VideoDecodeError, match="corrupt") as err:
+        video.read_frames(video.probe(path), video.frame_times(3.0, 4.0, 8), 24)
+    assert str(path) in str(err.value)
+
+
 def test_missing_audio_track(tmp_path):
     path = media.write_video(tmp_path / "silent.mp4", media.index_frames(25))
     assert not video.probe(path).has_audio

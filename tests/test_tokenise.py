@@ -184,6 +184,8 @@ def test_patch_boundaries_and_drawing(clip):
 def test_bad_arguments(clip):
     with pytest.raises(ValueError, match="outside the clip"):
         tokenise(clip, TINY, start=12.0)
+    with pytest.raises(ValueError, match="empty segment"):
+        views(clip, TINY, start=3.0, end=2.0)
     with pytest.raises(ValueError, match="n must be"):
         views(clip, TINY, n=0)
     for field, value in [("sampling", "random"), ("on_missing_audio", "skip"), ("flip", 2.0),
