@@ -6,6 +6,7 @@ one continues from its latest checkpoint.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -22,9 +23,19 @@ from mbt_core.train import checkpoint_manager, fit, init_state, restore
 from mbt_core.vit_init import init_from_vit
 
 
+def fit_classes(run: RunConfig, classes: Sequence[str]) -> RunConfig:
+    """The run with the model's head sized to the dataset's classes (a recipe does not know the data)."""
+    if run.model.heads is None and run.model.num_classes != len(classes):
+        return dataclasses.replace(run, model=run.model.replace(num_classes=len(classes)))
+    if run.model.total_classes != len(classes):
+        raise ValueError(f"model.num_classes {run.model.num_classes} does not match the data's {len(classes)} classes")
+    return run
+
+
 def train_run(run: RunConfig, out_dir: str | Path, progress: bool = True) -> None:
     """Train `run` on its data directory into `out_dir` (resuming when checkpoints exist)."""
     dataset = load_dataset(run.data)
+    run = fit_classes(run, dataset.classes)
     split = tokenised_split(dataset, run.data.train_split, run.model, 1, progress)
     records = dataset.splits[run.data.train_split]
     batches = TrainIterator(split, dataset.labels(run.data.train_split), [r.clip_id for r in records], run.train,
