@@ -1,0 +1,55 @@
+"""What a set of run directories shows: training curves and evaluation summaries, as plotly figures/rows.
+
+AP's chance level is the positive rate, not 0.5, so summaries carry both.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping
+
+import plotly.graph_objects as go
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The logged steps of a run (`metrics.jsonl`)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def training_curves(run_dirs: Mapping[str, str | Path]) -> go.Figure:
+    """Training loss (and validation mAP where logged) against step, one line per run."""
+    fig = go.Figure()
+    for name, run_dir in run_dirs.items():
+        rows = read_metrics(run_dir)
+        fig.add_trace(go.Scatter(x=[r["step"] for r in rows], y=[r["loss"] for r in rows], mode="lines", name=name))
+        val = [r for r in rows if "val_mAP" in r]
+        if val:
+            fig.add_trace(go.Scatter(x=[r["step"] for r in val], y=[r["val_mAP"] for r in val], mode="lines+markers",
+                                     name=f"{name} val mAP", yaxis="y2"))
+    fig.update_layout(title="Training loss (per-modality losses averaged)", xaxis_title="step", yaxis_title="loss",
+                      yaxis2=dict(title="val mAP", overlaying="y", side="right", range=[0, 1]), height=420)
+    return fig
+
+
+def eval_summary(run_dirs: Mapping[str, str | Path]) -> list[dict]:
+    """One row per evaluated run: mAP, and mAP with the positive rate per class kind."""
+    rows = []
+    for name, run_dir in run_dirs.items():
+        path = Path(run_dir) / "eval.json"
+        if not path.exists():
+            continue
+        report = json.loads(path.read_text())
+        row = {"run": name, "mAP": round(report["mAP"], 4), "clips": report["num_clips"]}
+        for kind, value in report.get("mAP_by_kind", {}).items():
+            row[f"AP {kind}"] = round(value, 4)
+            row[f"chance {kind}"] = round(report["positive_rate_by_kind"][kind], 4)
+        rows.append(row)
+    return rows
+
+
+def summary_table(rows: list[dict]) -> go.Figure:
+    """A plotly table of `eval_summary` rows."""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    return go.Figure(go.Table(header=dict(values=columns),
+                              cells=dict(values=[[r.get(c, "") for r in rows] for c in columns])))
