@@ -1,0 +1,230 @@
+"""Widgets driven without a browser: set slider values, read labels, images and the static HTML."""
+import json
+import re
+import time
+import xml.etree.ElementTree as ET
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("ipywidgets")
+pytest.importorskip("plotly")
+
+from mbt_core.config import MBTConfig  # noqa: E402
+from mbt_core.flops import flops_table, gflops  # noqa: E402
+from mbt_core.flow_mask import attention_flow_mask  # noqa: E402
+from mbt_core.recipes import RunConfig  # noqa: E402
+from widgets.fusion_explorer import (KIND_COLOURS, NOT_IN_SWEEP, FusionExplorer, explorer_state,  # noqa: E402
+                                     load_results)
+from widgets.rollout_stepper import RolloutStepper, blend_heatmap  # noqa: E402
+
+TINY = MBTConfig.preset("tiny", num_layers=4, fusion_layer=2)
+
+
+def _decode(png: bytes) -> np.ndarray:
+    """RGB array of PNG bytes."""
+    return cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+
+
+def _numbers(text: str) -> list[float]:
+    """The bold numbers of a label."""
+    return [float(x) for x in re.findall(r"<b>([-0-9.e+]+)</b>", text)]
+
+
+def _results(tmp_path, rows, config=TINY):
+    """A made-up sweep: results.json plus run directories holding config.json, run_dir relative."""
+    out = tmp_path / "sweep"
+    full = []
+    for fusion, lf, b, m_ap in rows:
+        run_dir = out / f"{fusion}-lf{lf}-b{b}"
+        run_dir.mkdir(parents=True)
+        model = config.replace(fusion=fusion, fusion_layer=lf, num_bottlenecks=b)
+        (run_dir / "config.json").write_text(json.dumps(RunConfig(model).to_dict()))
+        full.append({"fusion": fusion, "fusion_layer": lf, "num_bottlenecks": b, "num_layers": config.num_layers,
+                     "mAP": m_ap, "gflops": gflops(model), "gflops_official": gflops(model, "official"),
+                     "mAP_speech": m_ap / 2, "run_dir": f"elsewhere/{run_dir.name}"})
+    (out / "results.json").write_text(json.dumps(full))
+    return out
+
+
+def test_state_numbers_come_from_the_flop_counter():
+    for fusion, lf, b in [("bottleneck", 2, 4), ("cross_attention", 0, 4), ("self_attention", 4, 1),
+                          ("bottleneck", 1, 256)]:
+        s = explorer_state(TINY, fusion, lf, b)
+        cfg = TINY.replace(fusion=fusion, fusion_layer=lf, num_bottlenecks=b)
+        for convention in ("efficient", "official"):
+            assert s["gflops"][convention] == gflops(cfg, convention)
+            assert s["gflops_curve"][convention] == flops_table(cfg, convention)[fusion]
+            assert s["gflops_curve"][convention][lf] == pytest.approx(s["gflops"][convention])
+        assert s["run_note"] == "no sweep results given" and s["mAP"] is None
+
+
+def test_state_masks_per_token_and_per_group():
+    s = explorer_state(TINY, "bottleneck", 2, 4)
+    assert s["mask_view"] == "tokens"
+    np.testing.assert_array_equal(s["masks"]["unfused"] > 0, attention_flow_mask(s["config"], 0))
+    np.testing.assert_array_equal(s["masks"]["fused"] > 0, attention_flow_mask(s["config"], 3))
+    assert list(s["layers"]["fused"]) == [2, 3]
+    late = explorer_state(TINY, "bottleneck", 4, 4)
+    assert late["masks"]["fused"] is None and list(late["layers"]["unfused"]) == [0, 1, 2, 3]
+    paper = explorer_state(MBTConfig.preset("paper-b16"), "bottleneck", 8, 4)
+    assert paper["mask_view"] == "groups" and paper["num_tokens"] == 1974
+    assert paper["masks"]["fused"].shape == (5, 5)
+
+
+def test_explorer_gflops_label_follows_sliders():
+    ex = FusionExplorer(TINY)
+    for fusion, lf, b in [("bottleneck", 0, 1), ("bottleneck", 3, 1024), ("cross_attention", 1, 1024),
+                          ("self_attention", 4, 8)]:
+        ex.fusion.value, ex.fusion_layer.value, ex.num_bottlenecks.value = fusion, lf, b
+        cfg = TINY.replace(fusion=fusion, fusion_layer=lf, num_bottlenecks=b)
+        shown = _numbers(ex.gflops_label.value)
+        assert shown == pytest.approx([gflops(cfg), gflops(cfg, "official")], rel=1e-3)
+        assert ex.num_bottlenecks.disabled == (fusion != "bottleneck")
+    assert ex.num_bottlenecks.options[:3] == (1, 2, 4) and ex.num_bottlenecks.options[-1] == 1024
+
+
+def _shown_mask(png: bytes, n: int) -> np.ndarray:
+    """The per-token bool mask read back from a mask picture (one cell per token, colours -> kinds)."""
+    image = _decode(png)
+    scale = image.shape[0] // n
+    centres = image[scale // 2 + scale * np.arange(n)][:, scale // 2 + scale * np.arange(n)]
+    kinds = np.argmin(np.abs(centres[:, :, None, :].astype(int) - KIND_COLOURS[None, None]).sum(-1), axis=-1)
+    return kinds > 0
+
+
+def test_explorer_mask_pictures_change_with_fusion_layer():
+    ex = FusionExplorer(TINY)
+    panels = lambda: {p: ex.mask_panels[p].layout.display for p in ("unfused", "fused")}
+    ex.fusion_layer.value = 0
+    assert panels() == {"unfused": "none", "fused": "flex"}
+    bottleneck = ex.mask_images["fused"].value
+    n = ex.state["num_tokens"]
+    np.testing.assert_array_equal(_shown_mask(bottleneck, n), attention_flow_mask(TINY.replace(fusion_layer=0), 0))
+    ex.fusion.value = "cross_attention"
+    assert ex.mask_images["fused"].value != bottleneck
+    assert _shown_mask(ex.mask_images["fused"].value, ex.state["num_tokens"]).all()
+    ex.fusion_layer.value = 4
+    assert panels() == {"unfused": "flex", "fused": "none"}
+    assert "layers 1-4" in ex.mask_captions["unfused"].value
+    ex.fusion_layer.value = 1
+    assert "layers 2-4" in ex.mask_captions["fused"].value and "layer 1<" in ex.mask_captions["unfused"].value
+
+
+def test_gflops_chart_marks_the_current_fusion_layer():
+    ex = FusionExplorer(TINY)
+    charts = {}
+    for lf in (0, 3):
+        ex.fusion_layer.value = lf
+        charts[lf] = ET.fromstring(ex.gflops_chart.value)
+    ns = "{http://www.w3.org/2000/svg}"
+    curves = charts[0].findall(f"{ns}polyline")
+    assert [c.get("data-convention") for c in curves] == ["efficient", "official"]
+    points = [p.split(",") for p in curves[0].get("points").split()]
+    assert len(points) == TINY.num_layers + 1
+    for lf, svg in charts.items():
+        marks = svg.findall(f"{ns}circle")
+        assert float(marks[0].get("cx")) == pytest.approx(float(points[lf][0]))
+
+
+def test_explorer_reads_map_from_results(tmp_path):
+    out = _results(tmp_path, [("bottleneck", 2, 4, 0.5), ("bottleneck", 4, 4, 0.25), ("cross_attention", 2, 4, 0.4)])
+    ex = FusionExplorer(results=out)
+    assert ex.config == TINY.replace(fusion_layer=2, num_bottlenecks=4)  # read from the runs' config.json
+    assert _numbers(ex.map_label.value) == [0.5] and "speech 0.250" in ex.map_label.value
+    ex.num_bottlenecks.value = 8
+    assert NOT_IN_SWEEP in ex.map_label.value and _numbers(ex.map_label.value) == []
+    ex.fusion_layer.value = 4  # late fusion: B changes nothing, the B = 4 run answers
+    assert _numbers(ex.map_label.value) == [0.25] and "B = 4" in ex.map_label.value
+    ex.fusion.value, ex.fusion_layer.value = "cross_attention", 2
+    assert _numbers(ex.map_label.value) == [0.4]
+    ex.fusion.value = "self_attention"
+    assert NOT_IN_SWEEP in ex.map_label.value
+    assert load_results(out / "results.json")[0]["run_dir"] == str(out / "bottleneck-lf2-b4")
+
+
+def test_explorer_flags_results_of_another_model(tmp_path):
+    out = _results(tmp_path, [("bottleneck", 2, 4, 0.5)])
+    ex = FusionExplorer(TINY.replace(hidden_size=128), results=out / "results.json")
+    assert _numbers(ex.map_label.value) == [0.5] and "differs from this config" in ex.map_label.value
+
+
+def test_bad_results_name_file_and_row(tmp_path):
+    file = tmp_path / "results.json"
+    file.write_text(json.dumps([{"fusion": "bottleneck", "fusion_layer": 1, "num_bottlenecks": 2, "num_layers": 2,
+                                 "mAP": 0.1}, {"fusion": "bottleneck", "fusion_layer": 1}]))
+    with pytest.raises(ValueError, match=r"results.json row 1: missing field\(s\) \['num_bottlenecks'"):
+        load_results(tmp_path)
+    file.write_text("{not json")
+    with pytest.raises(ValueError, match="results.json: not valid JSON"):
+        load_results(file)
+    with pytest.raises(FileNotFoundError, match="no sweep results"):
+        load_results(tmp_path / "missing")
+
+
+def test_explorer_overlays_per_setting_and_clip(tmp_path):
+    out = _results(tmp_path, [("bottleneck", 2, 4, 0.5), ("cross_attention", 2, 4, 0.4)])
+    images = {("bottleneck", 2, 4, clip): np.full((8, 8, 3), 40 * (clip + 1), np.uint8) for clip in (0, 1)}
+    calls = []
+
+    def source(fusion, lf, b, clip):
+        calls.append((fusion, lf, b, clip))
+        return images.get((fusion, lf, b, clip))
+
+    ex = FusionExplorer(TINY, results=out, overlays=source, clips=[0, 1])
+    assert _decode(ex.overlay_image.value)[0, 0].tolist() == [40] * 3
+    ex.clip.value = 1
+    assert _decode(ex.overlay_image.value)[0, 0].tolist() == [80] * 3
+    ex.fusion.value = "cross_attention"
+    assert ex.overlay_image.layout.display == "none" and "no overlay for clip 1" in ex.overlay_note.value
+    ex.fusion.value = "bottleneck"
+    ex.num_bottlenecks.value = 16
+    assert NOT_IN_SWEEP in ex.overlay_note.value
+    ex.num_bottlenecks.value = 4
+    assert calls.count(("bottleneck", 2, 4, 1)) == 1  # cached
+    mapped = FusionExplorer(TINY, results=out, overlays=images)
+    assert list(mapped.clip.options) == [0, 1] and mapped.overlay_image.layout.display == "block"
+
+
+def test_explorer_redraw_time():
+    for name in ("tiny", "paper-b16"):
+        ex = FusionExplorer(MBTConfig.preset(name))
+        start = time.perf_counter()
+        for lf in range(ex.config.num_layers + 1):
+            ex.fusion_layer.value = lf
+        for b in ex.num_bottlenecks.options:
+            ex.num_bottlenecks.value = b
+        moves = ex.config.num_layers + 1 + len(ex.num_bottlenecks.options)
+        print(f"\n{name}: {1000 * (time.perf_counter() - start) / moves:.1f} ms per slider move")
+
+
+def test_blend_heatmap_colours_the_hot_patch():
+    frame = np.full((8, 8, 3), 100, np.uint8)
+    heat = np.zeros((2, 2))
+    heat[1, 0] = 3.0
+    np.testing.assert_array_equal(blend_heatmap(frame, heat, alpha=0.0), frame)
+    full = blend_heatmap(frame, heat, alpha=1.0)
+    jet = lambda v: cv2.applyColorMap(np.full((1, 1), v, np.uint8), cv2.COLORMAP_JET)[0, 0, ::-1]
+    assert (full[4:, :4] == jet(255)).all() and (full[:4] == jet(0)).all() and (full[4:, 4:] == jet(0)).all()
+    with pytest.raises(ValueError, match="heat must be a finite non-negative"):
+        blend_heatmap(frame, -heat)
+
+
+def test_rollout_stepper_steps_frames_and_layers():
+    frames = np.zeros((4, 8, 8, 3), np.uint8)
+    maps = np.zeros((3, 2, 2, 2))  # 3 layers, 2 tubelets of 2 frames, 2x2 grid
+    maps[:, 0, 0, 0] = 1.0  # first tubelet: top-left hot
+    maps[:, 1, 1, 1] = 1.0  # second tubelet: bottom-right hot
+    maps[0] = 1.0  # layer 1: flat
+    stepper = RolloutStepper(frames, maps, alpha=1.0)
+    assert stepper.layer_slider.value == 2 and "layer 3 of 3" in stepper.caption.value
+    hot = lambda: tuple(np.argwhere(_decode(stepper.image.value)[..., 0] > 100)[0] // 4)
+    assert hot() == (0, 0)
+    stepper.frame_slider.value = 2
+    assert hot() == (1, 1) and "frame 3 of 4" in stepper.caption.value
+    assert "25% of the patches" in stepper.caption.value  # one hot patch of four
+    stepper.layer_slider.value = 0
+    assert "50% of the patches" in stepper.caption.value  # flat: half the mass needs half the patches
+    with pytest.raises(ValueError, match="3 time steps, which do not divide the 4 frames"):
+        RolloutStepper(frames, np.zeros((2, 3, 2, 2)))
