@@ -1,0 +1,261 @@
+"""Attention-rollout overlays on frames and spectrograms (the paper's Fig. 6), exported as PNG and MP4 with OpenCV.
+
+`clip_rollout` runs the model on one clip with `capture_attention=True`, rolls the attention out with
+`rollout.mbt_rollout` and lays each readout onto its modality's patch grid: video (t, h, w), spectrogram
+(time, freq). Overlays upsample a grid map to pixels (cv2.resize), colour it (cv2.applyColorMap) and
+blend it over the frame or the spectrogram (time across, low mel at the bottom). Images are RGB uint8
+throughout; the BGR order OpenCV wants is applied only when writing files.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import cv2
+import jax.numpy as jnp
+import numpy as np
+
+from mbt_core.config import MBTConfig, is_spectrogram
+from mbt_core.model import MBT
+from mbt_core.rollout import mbt_rollout, tightness
+
+COLORMAP = cv2.COLORMAP_JET
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def clip_rollout(config: MBTConfig, params: Any, example: Mapping[str, np.ndarray], **rollout_kw) -> dict[str, Any]:
+    """Rollout of one clip (Fig. 6): `mbt_rollout`'s result without the batch axis, plus its maps on each patch grid.
+
+    Adds `maps[m]` (m's CLS over m's patches), `cross_maps[r][s]` (r's CLS over s's patches, s != r; exactly 0
+    when nothing crosses), `fused_maps[s]` (the mean over all output CLS tokens, as the classifier averages
+    them), `grids`, `patch_shapes`, `modalities` and `frame_rate` (frames per second of the clip's frames).
+    """
+    mods = [m for m in config.modalities if m in example]
+    if not mods:
+        raise ValueError(f"example has {sorted(example)}: none of the model's modalities {config.modalities}")
+    inputs = {m: jnp.asarray(example[m], jnp.float32)[None] for m in mods}
+    _, aux = MBT(config).apply({"params": params}, inputs, train=False, capture_attention=True)
+    attention = {stream: [np.asarray(a) for a in layers] for stream, layers in aux["attention"].items()}
+    rolled = mbt_rollout(attention, config, **rollout_kw)
+    own = {m: rolled["cls_to_patches"][m][0] for m in mods}
+    grids = {}
+    for m in mods:
+        spatial = np.shape(example[m])[:2 if is_spectrogram(m) else 3]
+        grids[m] = tuple(s // p for s, p in zip(spatial, config.patch_shape(m)))
+        if math.prod(grids[m]) != own[m].size:
+            raise ValueError(f"example[{m!r}]: grid {grids[m]} has {math.prod(grids[m])} patches, "
+                             f"the rollout {own[m].size}")
+    cross = rolled["cross_modal"][0]  # (M, patches of all modalities in order), own patches zeroed
+    starts = dict(zip(mods, np.cumsum([0] + [own[m].size for m in mods])))
+    on_grid = lambda row, s: row[starts[s]:starts[s] + own[s].size].reshape(grids[s])
+    cross_maps = {r: {s: on_grid(cross[i], s) for s in mods if s != r} for i, r in enumerate(mods)}
+    maps = {m: own[m].reshape(grids[m]) for m in mods}
+    fused = {s: (maps[s] + sum(cross_maps[r][s] for r in mods if r != s)) / len(mods) for s in mods}
+    return {"joint": rolled["joint"][0], "cls_to_patches": own, "cross_modal": cross, "tokens": rolled["tokens"],
+            "maps": maps, "cross_maps": cross_maps, "fused_maps": fused, "grids": grids,
+            "patch_shapes": {m: config.patch_shape(m) for m in mods}, "modalities": mods,
+            "frame_rate": config.rgb_frames / config.spec_seconds}
+
+
+def select_map(result: Mapping[str, Any], source: str, readout: str | None = None) -> np.ndarray:
+    """The map over `source`'s patch grid read by `readout`'s CLS (None: all output CLS tokens, averaged)."""
+    if source not in result["maps"]:
+        raise ValueError(f"no modality {source!r} in this rollout; it has {result['modalities']}")
+    if readout is None:
+        return result["fused_maps"][source]
+    if readout == source:
+        return result["maps"][source]
+    if readout not in result["cross_maps"]:
+        raise ValueError(f"no modality {readout!r} to read out in this rollout; it has {result['modalities']}")
+    return result["cross_maps"][readout][source]
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    """Frames as uint8: float in [-1, 1] (the cache's model inputs) scaled as the cache stores them; uint8 kept."""
+    frames = np.asarray(frames)
+    if frames.dtype == np.uint8:
+        return frames
+    return np.rint((frames.astype(np.float32) + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
+
+
+def frame_maps(video_map: np.ndarray, tubelet: int) -> np.ndarray:
+    """A (t, h, w) tubelet map as (t·tubelet, h, w) per-frame maps, each tubelet's weight split evenly over its frames."""
+    video_map = np.asarray(video_map, np.float64)
+    if video_map.ndim != 3 or tubelet < 1:
+        raise ValueError(f"expected a (t, h, w) map and tubelet >= 1, got shape {video_map.shape}, tubelet {tubelet}")
+    return np.repeat(video_map / tubelet, tubelet, axis=0)
+
+
+def summed_map(video_map: np.ndarray, tubelet: int = 1) -> np.ndarray:
+    """The (h, w) map summed over all frames of the clip (Fig. 6)."""
+    return frame_maps(video_map, tubelet).sum(axis=0)
+
+
+def upsample(grid_map: np.ndarray, size: tuple[int, int], interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """An (h, w) patch map resized to (height, width) pixels with cv2.resize (float32)."""
+    return cv2.resize(np.asarray(grid_map, np.float32), (int(size[1]), int(size[0])), interpolation=interpolation)
+
+
+def blend(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, colormap: int = COLORMAP,
+          vmax: float | None = None) -> np.ndarray:
+    """A non-negative (H, W) heat map scaled by `vmax` (default its max), coloured by an OpenCV colormap, over an RGB image."""
+    image = np.asarray(image, np.uint8)
+    image = np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image
+    heat = np.asarray(heat, np.float32)
+    if heat.shape != image.shape[:2]:
+        raise ValueError(f"heat map {heat.shape} and image {image.shape[:2]} differ in size")
+    top = float(heat.max()) if vmax is None else float(vmax)
+    scaled = np.clip(heat / top, 0.0, 1.0) if top > 0 else np.zeros_like(heat)
+    coloured = cv2.applyColorMap(np.rint(scaled * 255).astype(np.uint8), colormap)
+    return cv2.addWeighted(image, 1.0 - alpha, cv2.cvtColor(coloured, cv2.COLOR_BGR2RGB), alpha, 0.0)
+
+
+def frame_overlay(frame: np.ndarray, grid_map: np.ndarray, size: tuple[int, int] | None = None, alpha: float = 0.5,
+                  colormap: int = COLORMAP, vmax: float | None = None) -> np.ndarray:
+    """One frame (RGB, uint8 or float in [-1, 1]) with an (h, w) patch map blended over it, at `size` (H, W)."""
+    frame = to_uint8(frame)
+    size = tuple(size or frame.shape[:2])
+    if size != frame.shape[:2]:
+        frame = cv2.resize(frame, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    return blend(frame, upsample(grid_map, size), alpha, colormap, vmax)
+
+
+def frames_overlay(frames: np.ndarray, video_map: np.ndarray, tubelet: int, size: tuple[int, int] | None = None,
+                   alpha: float = 0.5, colormap: int = COLORMAP) -> np.ndarray:
+    """Every frame with its own map, (F, H, W, 3); one colour scale for the clip so frames compare."""
+    per_frame = frame_maps(video_map, tubelet)
+    if len(per_frame) != len(frames):
+        raise ValueError(f"{len(frames)} frames, but the map covers {len(per_frame)} ({len(video_map)} x {tubelet})")
+    vmax = float(per_frame.max())
+    return np.stack([frame_overlay(f, m, size, alpha, colormap, vmax) for f, m in zip(frames, per_frame)])
+
+
+def summed_overlay(frames: np.ndarray, video_map: np.ndarray, frame: int | None = None,
+                   size: tuple[int, int] | None = None, alpha: float = 0.5, colormap: int = COLORMAP) -> np.ndarray:
+    """The map summed over all frames (Fig. 6) blended over one frame (default: the middle one)."""
+    index = len(frames) // 2 if frame is None else frame
+    return frame_overlay(frames[index], summed_map(video_map), size, alpha, colormap)
+
+
+def spectrogram_image(spectrogram: np.ndarray) -> np.ndarray:
+    """A (time, mel) log-mel as a grey RGB uint8 image: time across, low mel at the bottom."""
+    spec = np.asarray(spectrogram, np.float32)
+    spec = (spec[..., 0] if spec.ndim == 3 else spec).T[::-1]
+    lo, hi = float(spec.min()), float(spec.max())
+    grey = np.rint(255 * (spec - lo) / (hi - lo if hi > lo else 1.0)).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def spectrogram_overlay(spectrogram: np.ndarray, spec_map: np.ndarray, size: tuple[int, int] | None = None,
+                        alpha: float = 0.5, colormap: int = COLORMAP) -> np.ndarray:
+    """A (time, freq) patch map blended over the spectrogram image (time across, low mel at the bottom)."""
+    image = spectrogram_image(spectrogram)
+    size = tuple(size or image.shape[:2])
+    if size != image.shape[:2]:
+        image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    return blend(image, upsample(np.asarray(spec_map).T[::-1], size), alpha, colormap)
+
+
+def _panel_size(example: Mapping[str, np.ndarray], source: str, width: int) -> tuple[int, int]:
+    """Display size of a modality's panel at `width` pixels, keeping its aspect (spectrograms at least width/4 high)."""
+    if is_spectrogram(source):
+        time, mel = np.shape(example[source])[:2]
+        return max(int(round(mel * width / time)), width // 4), width
+    height, frame_width = np.shape(example[source])[1:3]
+    return int(round(height * width / frame_width)), width
+
+
+def _header(lines: list[str], width: int, line_height: int = 20) -> np.ndarray:
+    """A white strip with black text lines, shrunk to fit the width."""
+    strip = np.full((line_height * len(lines) + 6, width, 3), 255, np.uint8)
+    for i, text in enumerate(lines):
+        scale = 0.45
+        text_width = cv2.getTextSize(text, FONT, scale, 1)[0][0]
+        if text_width > width - 8:
+            scale *= (width - 8) / text_width
+        cv2.putText(strip, text, (4, line_height * (i + 1) - 4), FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return strip
+
+
+def side_by_side(example: Mapping[str, np.ndarray], results: Mapping[str, Mapping[str, Any]], source: str = "rgb",
+                 readout: str | None = None, frame: int | None = None, panel_width: int = 320, mass: float = 0.5,
+                 alpha: float = 0.5, colormap: int = COLORMAP) -> tuple[np.ndarray, dict[str, dict | None]]:
+    """Models' maps for one clip side by side (Fig. 6: vanilla fusion vs MBT), each labelled with its `tightness`.
+
+    `results` maps a label to a `clip_rollout` result. A video panel shows the map summed over frames on one
+    frame, a spectrogram panel the map on the spectrogram. The statistics (area holding `mass` of the map,
+    entropy) are computed on the shown patch-grid map and returned per label; None where the map is zero.
+    """
+    if not results:
+        raise ValueError("side_by_side needs at least one model's rollout")
+    size = _panel_size(example, source, panel_width)
+    panels, stats = [], {}
+    for label, result in results.items():
+        grid_map = select_map(result, source, readout)
+        shown = grid_map if is_spectrogram(source) else summed_map(grid_map)
+        if is_spectrogram(source):
+            image = spectrogram_overlay(example[source], shown, size, alpha, colormap)
+        else:
+            image = summed_overlay(example[source], grid_map, frame, size, alpha, colormap)
+        if float(shown.sum()) > 0:
+            stats[label] = tightness(shown, mass)
+            line = (f"{mass:.0%} of mass in {stats[label]['area']:.1%} of patches, "
+                    f"entropy {stats[label]['entropy']:.2f} nats")
+        else:
+            stats[label], line = None, "no attention mass reaches these patches"
+        panels.append(np.concatenate([_header([str(label), line], panel_width), image]))
+    gap = np.full((panels[0].shape[0], 8, 3), 255, np.uint8)
+    joined = [p for panel in panels for p in (gap, panel)][1:]
+    return np.concatenate(joined, axis=1), stats
+
+
+def write_png(path: str | Path, image: np.ndarray) -> Path:
+    """Write an RGB (or grey) uint8 image as PNG with cv2.imwrite."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = np.asarray(image, np.uint8)
+    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image):
+        raise OSError(f"{path}: OpenCV could not write the PNG")
+    return path
+
+
+def write_mp4(path: str | Path, frames: np.ndarray, fps: float) -> Path:
+    """Write (F, H, W, 3) RGB uint8 frames as MP4: OpenCV's 'mp4v', else PyAV's `video_writer.write_video`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = np.asarray(frames, np.uint8)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or not len(frames):
+        raise ValueError(f"{path}: expected (frames, H, W, 3) RGB frames, got shape {frames.shape}")
+    # 4:2:0 encoders want even sizes: repeat the last row / column where needed.
+    frames = np.pad(frames, ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0)), mode="edge")
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (frames.shape[2], frames.shape[1]))
+    if writer.isOpened():
+        for image in frames:
+            writer.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        writer.release()
+        if path.is_file() and path.stat().st_size > 0:
+            return path
+    try:
+        from mbt_core.video_writer import write_video
+    except ImportError:
+        raise OSError(f"{path}: OpenCV cannot write 'mp4v' here and mbt_core.video_writer is unavailable") from None
+    return write_video(path, frames, fps)
+
+
+def export_clip(example: Mapping[str, np.ndarray], result: Mapping[str, Any], out_dir: str | Path,
+                stem: str = "clip", readout: str | None = None, panel_width: int = 320,
+                fps: float | None = None) -> dict[str, Path]:
+    """Write a clip's overlays: per video modality `<stem>_<m>_summed.png` and `<stem>_<m>_frames.mp4`, per spectrogram `<stem>_<m>.png`."""
+    out, written = Path(out_dir), {}
+    for m in result["modalities"]:
+        grid_map = select_map(result, m, readout)
+        size = _panel_size(example, m, panel_width)
+        if is_spectrogram(m):
+            written[f"{m}_png"] = write_png(out / f"{stem}_{m}.png", spectrogram_overlay(example[m], grid_map, size))
+        elif np.shape(example[m])[-1] == 3:  # colour frames; other video modalities (flow) have no picture
+            written[f"{m}_summed_png"] = write_png(out / f"{stem}_{m}_summed.png",
+                                                   summed_overlay(example[m], grid_map, size=size))
+            video = frames_overlay(example[m], grid_map, result["patch_shapes"][m][0], size)
+            written[f"{m}_mp4"] = write_mp4(out / f"{stem}_{m}_frames.mp4", video, fps or result["frame_rate"])
+    return written
