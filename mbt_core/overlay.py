@@ -34,6 +34,9 @@ def clip_rollout(config: MBTConfig, params: Any, example: Mapping[str, np.ndarra
     mods = [m for m in config.modalities if m in example]
     if not mods:
         raise ValueError(f"example has {sorted(example)}: none of the model's modalities {config.modalities}")
+    for m in mods:
+        if np.asarray(example[m]).dtype == np.uint8:
+            raise ValueError(f"example[{m!r}] is uint8: pass model inputs (e.g. CachedSplit.example), frames in [-1, 1]")
     inputs = {m: jnp.asarray(example[m], jnp.float32)[None] for m in mods}
     _, aux = MBT(config).apply({"params": params}, inputs, train=False, capture_attention=True)
     attention = {stream: [np.asarray(a) for a in layers] for stream, layers in aux["attention"].items()}

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from mbt_core import overlay
+from mbt_core.cache import CachedSplit
 from mbt_core.config import MBTConfig
 from mbt_core.model import MBT, dummy_inputs
 from mbt_core.rollout import mbt_rollout, tightness
@@ -17,9 +18,11 @@ def _model(**overrides):
 
 
 def _example(config, seed=0):
+    """Clip 0 of a random one-view CachedSplit, as the model reads it (frames in [-1, 1])."""
     rng = np.random.default_rng(seed)
-    return {"rgb": rng.uniform(-1, 1, config.input_shape("rgb")).astype(np.float32),
-            "spec": rng.normal(size=(config.spec_frames, config.mel_bins)).astype(np.float32)}
+    frames = rng.integers(0, 256, (2, 1, *config.input_shape("rgb")), dtype=np.uint8)
+    spec = rng.normal(size=(2, 1, config.spec_frames, config.mel_bins)).astype(np.float32)
+    return CachedSplit(frames, spec, np.zeros(2, bool), np.zeros(2, bool)).example(0)
 
 
 MID = dict(num_layers=3, fusion_layer=1)  # bottleneck fusion from the second of three layers, B = 2
@@ -54,6 +57,8 @@ def test_clip_rollout_is_mbt_rollout_on_the_patch_grids(tubelet):
     # All output CLS tokens (the classifier averages them): the mean of own and cross readouts.
     np.testing.assert_allclose(result["fused_maps"]["rgb"],
                                (result["maps"]["rgb"] + result["cross_maps"]["spec"]["rgb"]) / 2)
+    with pytest.raises(ValueError, match="uint8"):
+        overlay.clip_rollout(config, params, {**example, "rgb": overlay.to_uint8(example["rgb"])})
 
 
 def test_late_fusion_cross_modal_maps_are_zero_and_mid_bottleneck_ones_are_not(mid):
