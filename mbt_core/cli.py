@@ -74,6 +74,15 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     print(f"{len(rows)} settings -> {args.out}/results.csv")
 
 
+def cmd_synth(args: argparse.Namespace) -> None:
+    from mbt_core.datasets.synthetic import KINDS, generate
+
+    result = generate(args.out, num_clips=args.num_clips, seed=args.seed, clip_seconds=args.clip_seconds,
+                      size=args.size, difficulty=args.difficulty, kinds=args.kinds or KINDS, workers=args.workers)
+    print(f"{result.written} clip(s) written, {result.kept} kept; {len(result.classes)} classes -> "
+          f"{result.manifest}, {result.card}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every `mbt` subcommand."""
     parser = argparse.ArgumentParser(prog="mbt", description="Multimodal Bottleneck Transformer suite")
@@ -106,6 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bottlenecks", nargs="+", type=int, default=[4])
     p.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("synth", help="write the synthetic audio-visual benchmark (clips, manifest.csv, data_card.md)")
+    p.add_argument("--out", required=True, help="data directory (re-running resumes: valid clips are kept)")
+    p.add_argument("--num-clips", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clip-seconds", type=float, default=4.0)
+    p.add_argument("--size", type=int, default=64, help="frame side in pixels")
+    p.add_argument("--difficulty", type=float, default=0.1, help="0-1: noise, hue spread, distractors")
+    p.add_argument("--kinds", nargs="+", help="label kinds to include: audio, visual, pairing, "
+                   "pairing_temporal (default: all)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes")
+    p.set_defaults(func=cmd_synth)
     return parser
 
 
