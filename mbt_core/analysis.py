@@ -188,3 +188,12 @@ def export_figure(fig: go.Figure, path_stem: str | Path) -> dict[str, Path]:
     if why is not None:
         print(f"PNG of {stem.name} skipped: {why}; wrote {html}")
     return written
+
+
+def stream_eval(report: Mapping[str, Any], modality: str) -> dict[str, Any]:
+    """One modality's stream of a run as a single-modality eval (late fusion's streams are unimodal models)."""
+    streams = report.get("per_modality", {})
+    if modality not in streams:
+        raise ValueError(f"eval has no {modality!r} stream; streams: {sorted(streams)}")
+    return {**streams[modality], "per_modality": {modality: streams[modality]},
+            "class_kinds": report.get("class_kinds", {})}

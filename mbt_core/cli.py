@@ -68,9 +68,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from mbt_core.experiment import sweep
+    from mbt_core.experiment import grid, sweep
 
-    rows = sweep(args.config, args.data, args.out, args.fusions, args.fusion_layers, args.bottlenecks, args.overrides)
+    settings = grid(args.fusions, args.fusion_layers, args.bottlenecks)
+    rows = sweep(args.config, args.data, args.out, settings, args.overrides)
     print(f"{len(rows)} settings -> {args.out}/results.csv")
 
 

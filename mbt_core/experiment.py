@@ -104,18 +104,16 @@ def variant_name(fusion: str, fusion_layer: int, bottlenecks: int) -> str:
     return f"{fusion}-lf{fusion_layer}-b{bottlenecks}"
 
 
-def sweep(recipe: str, data_dir: str | Path, out_dir: str | Path, fusions: Sequence[str],
-          fusion_layers: Sequence[int], bottlenecks: Sequence[int], overrides: Sequence[str] = (),
-          progress: bool = True) -> list[dict[str, Any]]:
-    """Train and evaluate every fusion x L_f x B setting; write `results.csv` and `results.json`."""
+def grid(fusions: Sequence[str], fusion_layers: Sequence[int], bottlenecks: Sequence[int]) -> list[tuple[str, int, int]]:
+    """Settings of a fusion x L_f x B grid; B varies only for bottleneck fusion (it means nothing elsewhere)."""
+    return [(f, lf, b) for f in fusions for lf in fusion_layers for b in (bottlenecks if f == "bottleneck" else bottlenecks[:1])]
+
+
+def sweep(recipe: str, data_dir: str | Path, out_dir: str | Path, settings: Sequence[tuple[str, int, int]],
+          overrides: Sequence[str] = (), progress: bool = True) -> list[dict[str, Any]]:
+    """Train and evaluate every (fusion, L_f, B) setting; write `results.csv` and `results.json`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    settings = []
-    for fusion in fusions:
-        for lf in fusion_layers:
-            # B only matters for bottleneck fusion below L = L_f: one run covers the others.
-            for b in (bottlenecks if fusion == "bottleneck" else bottlenecks[:1]):
-                settings.append((fusion, lf, b))
     rows = []
     for fusion, lf, b in tqdm(settings, desc="sweep", unit="run", disable=not progress):
         run = load_run_config(recipe, [f"data.dir={Path(data_dir)}", *overrides, f"model.fusion={fusion}",

@@ -30,52 +30,38 @@ def ensure_synthetic(data_dir: str | Path, quick: bool = False, seed: int = 11, 
 
 
 def quick_overrides(quick: bool) -> list[str]:
-    """Overrides that shrink a run to seconds for smoke tests and quick notebook runs."""
-    return ["train.steps=12", "train.batch_size=8", "train.checkpoint_every=12", "train.log_every=2",
-            "train.eval_views=1"] if quick else []
+    """Overrides for the suite's runs: a shorter schedule than the recipe's, seconds-long when quick."""
+    if quick:
+        return ["train.steps=12", "train.batch_size=8", "train.checkpoint_every=12", "train.log_every=2"]
+    return ["train.steps=300", "train.checkpoint_every=100"]
 
 
-def ensure_run(data_dir: str | Path, run_dir: str | Path, overrides: Sequence[str] = (), quick: bool = False,
-               recipe: str = "synthetic-tiny", split: str = "test", progress: bool = True) -> Path:
-    """A trained and evaluated run in `run_dir` (trained or evaluated only where that is missing)."""
-    from mbt_core.experiment import evaluate_run, train_run
-    from mbt_core.recipes import load_run_config
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "eval.json").exists():
-        run = load_run_config(recipe, [f"data.dir={Path(data_dir)}", *quick_overrides(quick), *overrides])
-        train_run(run, run_dir, progress=progress)
-        evaluate_run(run_dir, split, progress=progress)
-    return run_dir
+def suite_settings(quick: bool = False, num_layers: int = 3) -> list[tuple[str, int, int]]:
+    """The sweep the notebooks need: bottleneck fusion over every L_f, and vanilla fusion at L_f = 1."""
+    layers = [1, num_layers] if quick else list(range(num_layers + 1))
+    return [("bottleneck", lf, 4) for lf in layers] + [("self_attention", 1, 4)]
 
 
-SUITE_RUNS = {  # name -> overrides: what the notebooks compare
-    "mbt": ["model.fusion=bottleneck", "model.fusion_layer=1"],
-    "vanilla": ["model.fusion=self_attention", "model.fusion_layer=1"],
-    "late": ["model.fusion=bottleneck", "model.fusion_layer=3"],
-    "audio_only": ["model.modalities=('spec',)", "model.fusion_layer=3"],
-    "visual_only": ["model.modalities=('rgb',)", "model.fusion_layer=3"],
-}
-
-
-def ensure_suite_runs(data_dir: str | Path, runs_dir: str | Path, quick: bool = False,
-                      progress: bool = True) -> dict[str, Path]:
-    """The runs the notebooks show: MBT, vanilla fusion, late fusion, audio-only, visual-only."""
-    runs_dir = Path(runs_dir)
-    return {name: ensure_run(data_dir, runs_dir / name, overrides, quick, progress=progress)
-            for name, overrides in tqdm(SUITE_RUNS.items(), desc="runs", disable=not progress)}
+# What the notebooks compare, as sweep settings: MBT, vanilla (shared-weight self-attention) fusion at the
+# same L_f, and late fusion, whose two streams are the audio-only and visual-only baselines.
+SUITE_RUNS = {"mbt": ("bottleneck", 1, 4), "vanilla": ("self_attention", 1, 4), "late": ("bottleneck", 3, 4)}
 
 
 def ensure_sweep(data_dir: str | Path, sweep_dir: str | Path, quick: bool = False, progress: bool = True) -> Path:
-    """A small fusion x L_f grid (results.json) for the explorer; the sweep resumes finished settings."""
+    """The suite's sweep in `sweep_dir` (results.json); settings already evaluated are not run again."""
     from mbt_core.experiment import sweep
 
     sweep_dir = Path(sweep_dir)
     if not (sweep_dir / "results.json").exists():
-        layers = [1, 3] if quick else [0, 1, 2, 3]
-        sweep("synthetic-tiny", data_dir, sweep_dir, ["bottleneck", "self_attention"], layers, [4],
-              quick_overrides(quick), progress=progress)
+        sweep("synthetic-tiny", data_dir, sweep_dir, suite_settings(quick), quick_overrides(quick), progress=progress)
     return sweep_dir
+
+
+def suite_runs(sweep_dir: str | Path) -> dict[str, Path]:
+    """The run directories of MBT, vanilla fusion and late fusion inside the suite's sweep."""
+    from mbt_core.experiment import variant_name
+
+    return {name: Path(sweep_dir) / variant_name(*setting) for name, setting in SUITE_RUNS.items()}
 
 
 def execute_notebooks(out_dir: str | Path, parameters: dict, names: Sequence[str] = NOTEBOOKS,
@@ -117,9 +103,9 @@ def run_suite(out_dir: str | Path = "mbt_suite", quick: bool = False, progress: 
     out = Path(out_dir).absolute()
     start = time.monotonic()
     data = ensure_synthetic(out / "data", quick, progress=progress)
-    runs = ensure_suite_runs(data, out / "runs", quick, progress)
     sweep_dir = ensure_sweep(data, out / "sweep", quick, progress)
-    params = {"quick": quick, "data_dir": str(data), "runs_dir": str(out / "runs"), "sweep_dir": str(sweep_dir)}
+    runs = suite_runs(sweep_dir)
+    params = {"quick": quick, "data_dir": str(data), "sweep_dir": str(sweep_dir)}
     pages = execute_notebooks(out / "notebooks", params, progress=progress)
     summary = {}
     for name, run_dir in runs.items():

@@ -164,3 +164,17 @@ def test_export_writes_offline_html_and_skips_png_with_a_notice(tmp_path, monkey
     monkeypatch.setattr(type(fig), "write_image", lambda self, path, *a, **k: calls.append(path))
     written = analysis.export_figure(fig, tmp_path / "both")
     assert written["png"] == tmp_path / "both.png" and calls == [tmp_path / "both.png"]
+
+
+def test_stream_eval_makes_late_fusion_streams_unimodal_baselines():
+    from mbt_core.analysis import per_class_table, stream_eval
+    fusion = {"per_class_ap": {"a": 0.9, "b": 0.6}, "positive_rate": {"a": 0.5, "b": 0.5}}
+    late = {"per_class_ap": {"a": 0.7, "b": 0.5}, "class_kinds": {"a": "audio"},
+            "per_modality": {"spec": {"per_class_ap": {"a": 0.8, "b": 0.5}},
+                             "rgb": {"per_class_ap": {"a": 0.5, "b": 0.55}}}}
+    audio, visual = stream_eval(late, "spec"), stream_eval(late, "rgb")
+    rows = {r["class"]: r for r in per_class_table(fusion, audio, visual)}
+    assert rows["a"]["ap_audio"] == 0.8 and rows["b"]["ap_visual"] == 0.55
+    assert rows["a"]["gain"] == pytest.approx(0.1) and rows["b"]["gain"] == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="flow"):
+        stream_eval(late, "flow")
