@@ -3,8 +3,10 @@ import json
 import re
 import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import cv2
+import jax
 import numpy as np
 import pytest
 
@@ -15,9 +17,13 @@ from mbt_core.config import MBTConfig  # noqa: E402
 from mbt_core.flops import flops_table, gflops  # noqa: E402
 from mbt_core.flow_mask import attention_flow_mask  # noqa: E402
 from mbt_core.recipes import RunConfig  # noqa: E402
+from mbt_core.cache import CachedSplit  # noqa: E402
+from mbt_core.model import MBT, dummy_inputs  # noqa: E402
+from mbt_core.overlay import clip_rollout  # noqa: E402
+from mbt_core.rollout import attention_rollout  # noqa: E402
 from widgets.fusion_explorer import (KIND_COLOURS, NOT_IN_SWEEP, FusionExplorer, explorer_state,  # noqa: E402
-                                     load_results)
-from widgets.rollout_stepper import RolloutStepper, blend_heatmap  # noqa: E402
+                                     load_results, sweep_overlays)
+from widgets.rollout_stepper import RolloutStepper, clip_attention, layer_rollouts  # noqa: E402
 
 TINY = MBTConfig.preset("tiny", num_layers=4, fusion_layer=2)
 
@@ -199,18 +205,6 @@ def test_explorer_redraw_time():
         print(f"\n{name}: {1000 * (time.perf_counter() - start) / moves:.1f} ms per slider move")
 
 
-def test_blend_heatmap_colours_the_hot_patch():
-    frame = np.full((8, 8, 3), 100, np.uint8)
-    heat = np.zeros((2, 2))
-    heat[1, 0] = 3.0
-    np.testing.assert_array_equal(blend_heatmap(frame, heat, alpha=0.0), frame)
-    full = blend_heatmap(frame, heat, alpha=1.0)
-    jet = lambda v: cv2.applyColorMap(np.full((1, 1), v, np.uint8), cv2.COLORMAP_JET)[0, 0, ::-1]
-    assert (full[4:, :4] == jet(255)).all() and (full[:4] == jet(0)).all() and (full[4:, 4:] == jet(0)).all()
-    with pytest.raises(ValueError, match="heat must be a finite non-negative"):
-        blend_heatmap(frame, -heat)
-
-
 def test_rollout_stepper_steps_frames_and_layers():
     frames = np.zeros((4, 8, 8, 3), np.uint8)
     maps = np.zeros((3, 2, 2, 2))  # 3 layers, 2 tubelets of 2 frames, 2x2 grid
@@ -219,7 +213,11 @@ def test_rollout_stepper_steps_frames_and_layers():
     maps[0] = 1.0  # layer 1: flat
     stepper = RolloutStepper(frames, maps, alpha=1.0)
     assert stepper.layer_slider.value == 2 and "layer 3 of 3" in stepper.caption.value
-    hot = lambda: tuple(np.argwhere(_decode(stepper.image.value)[..., 0] > 100)[0] // 4)
+
+    def hot():  # the patch where the colour map is reddest (JET: red high, blue low)
+        image = _decode(stepper.image.value).astype(int)
+        return tuple(int(i) // 4 for i in np.unravel_index(np.argmax(image[..., 0] - image[..., 2]), image.shape[:2]))
+
     assert hot() == (0, 0)
     stepper.frame_slider.value = 2
     assert hot() == (1, 1) and "frame 3 of 4" in stepper.caption.value
@@ -228,3 +226,67 @@ def test_rollout_stepper_steps_frames_and_layers():
     assert "50% of the patches" in stepper.caption.value  # flat: half the mass needs half the patches
     with pytest.raises(ValueError, match="3 time steps, which do not divide the 4 frames"):
         RolloutStepper(frames, np.zeros((2, 3, 2, 2)))
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        RolloutStepper(frames, -maps)
+
+
+MICRO = MBTConfig.preset("micro")
+
+
+def _micro_split(n: int = 3) -> CachedSplit:
+    """A hand-built tokenised split of n random micro clips."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (n, 1, MICRO.rgb_frames, MICRO.image_size, MICRO.image_size, 3), dtype=np.uint8)
+    spec = rng.normal(size=(n, 1, MICRO.spec_frames, MICRO.mel_bins)).astype(np.float32)
+    return CachedSplit(frames, spec, np.zeros(n, bool), np.zeros(n, bool), clip_ids=np.array(["a", "b", "c"][:n]))
+
+
+def _params(config: MBTConfig, seed: int = 0):
+    return MBT(config).init(jax.random.PRNGKey(seed), dummy_inputs(config), train=False)["params"]
+
+
+@pytest.mark.parametrize("fusion, lf", [("bottleneck", 1), ("self_attention", 0), ("cross_attention", 2)])
+def test_layer_rollouts_end_at_the_clip_rollout(fusion, lf):
+    cfg = MICRO.replace(fusion=fusion, fusion_layer=lf)
+    params, example = _params(cfg), _micro_split().example(1)
+    attention = clip_attention(cfg, params, example)
+    maps = layer_rollouts(attention, cfg)
+    assert maps.shape == (cfg.num_layers, *cfg.grid("rgb"))
+    np.testing.assert_allclose(maps[-1], clip_rollout(cfg, params, example)["maps"]["rgb"], atol=1e-9)
+    if lf > 0:  # layer 1 is unimodal: one step of the stream's own rollout
+        first = attention_rollout(attention["rgb"][0][:, None])[0]
+        np.testing.assert_allclose(maps[0].ravel(), first[0, 1:], atol=1e-9)
+
+
+def _fake_runs(monkeypatch, seeds: dict):
+    """Make `load_params` / `load_dataset` / `tokenised_split` serve micro models and a hand-built split."""
+    import widgets.rollout_stepper as stepper_module
+
+    def load_params(run_dir, which):
+        run = json.loads((Path(run_dir) / "config.json").read_text())
+        cfg = MBTConfig.from_dict(run["model"])
+        return RunConfig(cfg), _params(cfg, seeds.get(Path(run_dir).name, 0))
+
+    monkeypatch.setattr(stepper_module, "load_params", load_params)
+    monkeypatch.setattr(stepper_module, "load_dataset", lambda data: None)
+    monkeypatch.setattr(stepper_module, "tokenised_split", lambda *a, **k: _micro_split())
+
+
+def test_stepper_from_run_and_sweep_overlays(tmp_path, monkeypatch):
+    out = _results(tmp_path, [("bottleneck", 1, 2, 0.5), ("cross_attention", 1, 2, 0.4)], config=MICRO)
+    _fake_runs(monkeypatch, {"cross_attention-lf1-b2": 1})
+    run_dir = out / "bottleneck-lf1-b2"
+    stepper = RolloutStepper.from_run(run_dir, 2)
+    assert stepper.children[0].value == "<b>bottleneck-lf1-b2: c</b>"  # clip 2 of the split has id "c"
+    assert stepper.maps.shape == (MICRO.num_layers, MICRO.rgb_frames, *MICRO.grid("rgb")[1:])
+    assert stepper.frames.dtype == np.uint8
+    with pytest.raises(IndexError, match="clip 5 is outside the split, which holds 3 clips"):
+        RolloutStepper.from_run(run_dir, 5)
+    images = sweep_overlays(out, clips=[0, 2], progress=False)
+    assert sorted(images) == [("bottleneck", 1, 2, 0), ("bottleneck", 1, 2, 2), ("cross_attention", 1, 2, 0),
+                              ("cross_attention", 1, 2, 2)]
+    assert all(im.dtype == np.uint8 and im.shape == (MICRO.image_size, MICRO.image_size, 3) for im in images.values())
+    assert not np.array_equal(images[("bottleneck", 1, 2, 0)], images[("bottleneck", 1, 2, 2)])
+    ex = FusionExplorer(MICRO, results=out, overlays=images)
+    ex.clip.value = 2
+    np.testing.assert_array_equal(_decode(ex.overlay_image.value), images[("bottleneck", 1, 2, 2)])

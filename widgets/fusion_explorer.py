@@ -7,8 +7,8 @@ never JAX. Pictures are PNG bytes (cv2) and inline SVG, so the widget needs no b
 library and its saved state shows in exported notebooks.
 
 Rollout overlays: `overlays` maps (fusion, fusion_layer, num_bottlenecks, clip) to a precomputed uint8
-(H, W, 3) image, or is a callable with those four arguments returning one (or None). Images are cached per
-setting and clip. (`mbt_core/overlay.py`, which computes them from a run, was being written alongside.)
+(H, W, 3) image, or is a callable with those four arguments returning one (or None); images are cached per
+setting and clip. `sweep_overlays` precomputes them for a sweep's runs (`overlay.clip_rollout`, Fig. 6).
 """
 from __future__ import annotations
 
@@ -21,12 +21,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 import ipywidgets as widgets
 import numpy as np
+from tqdm.auto import tqdm
 
 from mbt_core.config import FUSIONS, MBTConfig
 from mbt_core.flops import CONVENTIONS, flops_table, gflops
 from mbt_core.flow_mask import LINK_KINDS, expand_groups, link_kinds, num_tokens, token_layout
+from mbt_core.overlay import clip_rollout, summed_overlay
 from mbt_core.recipes import load_run_config
-from widgets.rollout_stepper import encode_png
+from widgets.rollout_stepper import clip_example, encode_png, load_run_split
 
 POWERS_OF_TWO = tuple(2 ** k for k in range(11))  # B from 1 to 1024 on a log scale
 REQUIRED = ("fusion", "fusion_layer", "num_bottlenecks", "num_layers", "mAP")
@@ -140,6 +142,21 @@ def explorer_state(config: MBTConfig, fusion: str, fusion_layer: int, num_bottle
                 state["run_note"] = (f"the sweep's model differs from this config: it recorded {recorded:.4g} "
                                      f"GFLOPs for this setting")
     return state
+
+
+def sweep_overlays(results: str | Path | Sequence[Mapping[str, Any]], clips: Sequence[int], split: str = "test",
+                   which: str = "latest", progress: bool = True) -> dict[tuple, np.ndarray]:
+    """Fig. 6 overlays (RGB rollout summed over frames, on the middle frame) of `clips` for every run of a sweep."""
+    rows = load_results(results) if isinstance(results, (str, Path)) else results
+    images = {}
+    for row in tqdm(rows, desc="rollout overlays", unit="run", disable=not progress):
+        config, params, cached = load_run_split(row["run_dir"], split, which)
+        for clip in clips:
+            example, _ = clip_example(cached, clip, f"{row['run_dir']} split {split!r}")
+            maps = clip_rollout(config, params, example)["maps"]
+            key = (row["fusion"], row["fusion_layer"], row["num_bottlenecks"], clip)
+            images[key] = summed_overlay(example["rgb"], maps["rgb"])
+    return images
 
 
 def mask_picture(kinds: np.ndarray, groups: Sequence, per_token: bool, size: int = 256) -> np.ndarray:

@@ -1,18 +1,28 @@
 """RolloutStepper: step through a clip's frames and layers with the attention-rollout map blended on each frame.
 
-Inputs are plain arrays, so the widget needs no model: `frames` (F, H, W, 3) uint8 and `rollout_per_layer`
-(L, T, h, w) or (L, h, w) non-negative maps, entry l being the rollout through layers 0..l of the readout
-(CLS) row over the RGB patch grid (`rollout.mbt_rollout(..)["cls_to_patches"]["rgb"]` reshaped to the grid).
-T is the grid's time axis (F / tubelet), so frame f shows map f * T // F. Each map is scaled to its own
-maximum before it is coloured, so a frame shows where that layer's attention sits, not how much there is.
+Inputs are plain arrays, so the widget needs no model: `frames` (F, H, W, 3) uint8 (or float in [-1, 1], the
+model's inputs) and `rollout_per_layer` (L, T, h, w) or (L, h, w) non-negative maps, entry l being the rollout
+through layers 1..l+1 of the RGB readout (CLS) row over the patch grid (`layer_rollouts` computes them).
+T is the grid's time axis: each tubelet's weight is split evenly over its F / T frames
+(`overlay.frame_maps`); one colour scale per layer across the clip, so frames compare. Blending is
+`overlay.frame_overlay`. `RolloutStepper.from_run` runs a trained model once on one clip of a run's split.
 """
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
 
 import cv2
 import ipywidgets as widgets
 import numpy as np
 
-from mbt_core.rollout import tightness
+from mbt_core.config import MBTConfig
+from mbt_core.experiment import load_params
+from mbt_core.cache import CachedSplit
+from mbt_core.model import MBT
+from mbt_core.overlay import frame_maps, frame_overlay, to_uint8
+from mbt_core.pipeline import load_dataset, tokenised_split
+from mbt_core.rollout import mbt_rollout, tightness
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -26,32 +36,12 @@ def encode_png(image: np.ndarray) -> bytes:
     return data.tobytes()
 
 
-def blend_heatmap(frame: np.ndarray, heat: np.ndarray, alpha: float = 0.5,
-                  colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
-    """The RGB frame with `heat` (h, w) scaled to [0, 1] by its maximum, coloured and blended with weight alpha."""
-    frame = np.asarray(frame)
-    heat = np.asarray(heat, dtype=np.float64)
-    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
-        raise ValueError(f"frame must be uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
-    if heat.ndim != 2 or not np.all(np.isfinite(heat)) or np.any(heat < 0):
-        raise ValueError(f"heat must be a finite non-negative (h, w) map, got shape {heat.shape}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
-    peak = heat.max()
-    scaled = np.zeros_like(heat) if peak <= 0 else heat / peak
-    grey = np.round(255 * scaled).astype(np.uint8)
-    # Nearest-neighbour keeps one flat colour per patch: the token grid the model saw.
-    grey = cv2.resize(grey, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST)
-    coloured = cv2.applyColorMap(grey, colormap)[..., ::-1]
-    return cv2.addWeighted(coloured, alpha, frame, 1.0 - alpha, 0.0)
-
-
 def check_clip(frames: np.ndarray, rollout_per_layer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Frames as (F, H, W, 3) uint8 and maps as (L, T, h, w) float with T dividing F; clear errors otherwise."""
+    """Frames as (F, H, W, 3) uint8 and maps as (L, F, h, w) per-frame float maps; clear errors otherwise."""
     frames = np.asarray(frames)
     maps = np.asarray(rollout_per_layer, dtype=np.float64)
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
-        raise ValueError(f"frames must be uint8 (F, H, W, 3) with F >= 1, got {frames.dtype} {frames.shape}")
+    if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
+        raise ValueError(f"frames must be (F, H, W, 3) with F >= 1, got shape {frames.shape}")
     if maps.ndim == 3:
         maps = maps[:, None]
     if maps.ndim != 4 or maps.shape[0] == 0:
@@ -61,15 +51,49 @@ def check_clip(frames: np.ndarray, rollout_per_layer: np.ndarray) -> tuple[np.nd
                          f"{len(frames)} frames")
     if not np.all(np.isfinite(maps)) or np.any(maps < 0):
         raise ValueError("rollout_per_layer must be finite and >= 0")
-    return frames, maps
+    tubelet = len(frames) // maps.shape[1]
+    return to_uint8(frames), np.stack([frame_maps(m, tubelet) for m in maps])
 
 
 def stepper_view(frames: np.ndarray, maps: np.ndarray, frame: int, layer: int, alpha: float = 0.5) -> dict:
-    """The blended image and its caption numbers for one (frame, layer) of a checked clip."""
-    heat = maps[layer, frame * maps.shape[1] // len(frames)]
-    spread = tightness(heat) if heat.sum() > 0 else None
-    return {"image": blend_heatmap(frames[frame], heat, alpha), "heat": heat,
-            "area": None if spread is None else spread["area"]}
+    """The blended image of one (frame, layer) of a checked clip and the share of patches holding half its mass."""
+    heat = maps[layer, frame]
+    image = frame_overlay(frames[frame], heat, alpha=alpha, vmax=float(maps[layer].max()))
+    return {"image": image, "heat": heat, "area": tightness(heat)["area"] if heat.sum() > 0 else None}
+
+
+def clip_attention(config: MBTConfig, params: Any, example: Mapping[str, np.ndarray]) -> dict[str, list]:
+    """`aux["attention"]` of one clip (batch 1) from one run of the model."""
+    inputs = {m: np.asarray(example[m], np.float32)[None] for m in config.modalities if m in example}
+    _, aux = MBT(config).apply({"params": params}, inputs, train=False, capture_attention=True)
+    return {stream: [np.asarray(a) for a in layers] for stream, layers in aux["attention"].items()}
+
+
+def layer_rollouts(attention: Mapping[str, list], config: MBTConfig, modality: str = "rgb",
+                   **rollout_kw) -> np.ndarray:
+    """(L, *grid) maps: for each depth l, the rollout through layers 1..l of `modality`'s CLS over its patches."""
+    own = max((len(v) for k, v in attention.items() if k != "joint"), default=0)
+    total = own + len(attention.get("joint", []))
+    maps = []
+    for depth in range(1, total + 1):
+        head = {k: (v[:depth] if k != "joint" else v[:max(0, depth - own)]) for k, v in attention.items()}
+        rolled = mbt_rollout(head, config, **rollout_kw)
+        maps.append(rolled["cls_to_patches"][modality][0].reshape(config.grid(modality)))
+    return np.stack(maps)
+
+
+def load_run_split(run_dir: str | Path, split: str = "test",
+                   which: str = "latest") -> tuple[MBTConfig, Any, CachedSplit]:
+    """A run's model config, its latest (or best) parameters and a tokenised split of its data (one view)."""
+    run, params = load_params(run_dir, which)
+    return run.model, params, tokenised_split(load_dataset(run.data), split, run.model, 1, progress=False)
+
+
+def clip_example(cached: CachedSplit, clip: int, where: str = "split") -> tuple[dict[str, np.ndarray], str]:
+    """Evaluation inputs (view 0) and id of clip number `clip` of a tokenised split."""
+    if not 0 <= clip < len(cached):
+        raise IndexError(f"{where}: clip {clip} is outside the split, which holds {len(cached)} clips")
+    return cached.example(clip), str(cached.clip_ids[clip]) if cached.clip_ids is not None else str(clip)
 
 
 class RolloutStepper(widgets.VBox):
@@ -92,6 +116,16 @@ class RolloutStepper(widgets.VBox):
         self.frame_slider.observe(self._redraw, names="value")
         self.layer_slider.observe(self._redraw, names="value")
         self._redraw()
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, clip: int, split: str = "test", which: str = "latest",
+                 **kwargs) -> "RolloutStepper":
+        """The stepper of clip `clip` of a run's split: the model runs once, rollouts for every depth."""
+        config, params, cached = load_run_split(run_dir, split, which)
+        example, clip_id = clip_example(cached, clip, f"{run_dir} split {split!r}")
+        maps = layer_rollouts(clip_attention(config, params, example), config)
+        kwargs.setdefault("title", f"{Path(run_dir).name}: {clip_id}")
+        return cls(example["rgb"], maps, **kwargs)
 
     def _redraw(self, change: dict | None = None) -> None:
         """Blend the current frame with the current layer's map."""
