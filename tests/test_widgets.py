@@ -15,7 +15,7 @@ pytest.importorskip("plotly")
 
 from mbt_core.config import MBTConfig  # noqa: E402
 from mbt_core.flops import flops_table, gflops  # noqa: E402
-from mbt_core.flow_mask import attention_flow_mask  # noqa: E402
+from mbt_core.flow_mask import attention_flow_mask, group_mask  # noqa: E402
 from mbt_core.recipes import RunConfig  # noqa: E402
 from mbt_core.cache import CachedSplit  # noqa: E402
 from mbt_core.model import MBT, dummy_inputs  # noqa: E402
@@ -290,3 +290,41 @@ def test_stepper_from_run_and_sweep_overlays(tmp_path, monkeypatch):
     ex = FusionExplorer(MICRO, results=out, overlays=images)
     ex.clip.value = 2
     np.testing.assert_array_equal(_decode(ex.overlay_image.value), images[("bottleneck", 1, 2, 2)])
+
+
+def test_static_export_steps_over_the_grid(tmp_path):
+    from widgets.static_export import SLIDERS, explorer_figure, explorer_html
+
+    out = _results(tmp_path, [("bottleneck", 2, 4, 0.5), ("bottleneck", 3, 4, 0.3), ("cross_attention", 2, 4, 0.4)])
+    fig = explorer_figure(TINY, out)
+    layers = TINY.num_layers
+    sliders = {s.name: [step.value for step in s.steps] for s in fig.layout.sliders}
+    assert tuple(sliders) == SLIDERS
+    assert sliders["L_f"] == [str(lf) for lf in range(layers + 1)]
+    assert sliders["B"] == [str(2 ** k) for k in range(11)]
+    assert sliders["fusion"] == ["bottleneck", "cross_attention", "self_attention"]
+    frames = {f.name: f for f in fig.frames}
+    # The page script's contract: every slider combination names a frame (B ignored unless bottleneck).
+    for fusion in sliders["fusion"]:
+        for b in sliders["B"]:
+            for lf in sliders["L_f"]:
+                assert "|".join([fusion, b if fusion == "bottleneck" else "any", lf]) in frames
+    assert len(frames) == (11 + 2) * (layers + 1)
+    shown = frames["bottleneck|4|2"]
+    cfg = TINY.replace(fusion_layer=2, num_bottlenecks=4)
+    assert f"{gflops(cfg):.4g}" in shown.layout.title.text and "mAP 0.500 (speech 0.250)" in shown.layout.title.text
+    fused = np.array(shown.data[1].z, dtype=float)
+    np.testing.assert_array_equal(fused > 0, group_mask(cfg, 2))
+    assert (np.array(shown.data[0].z, dtype=float)[-1] == 0).all()  # fsn tokens idle below L_f
+    assert np.isnan(np.array(frames["bottleneck|4|4"].data[0].z, dtype=float)[-1]).all()  # late fusion: no fsn
+    assert list(shown.data[5].y) == [None, None, 0.5, 0.3, None]  # mAP over L_f for B = 4
+    np.testing.assert_allclose(shown.data[2].y, [gflops(cfg.replace(fusion_layer=lf)) for lf in range(layers + 1)])
+    assert NOT_IN_SWEEP in frames["bottleneck|8|2"].layout.title.text
+    assert np.isnan(np.array(frames["cross_attention|any|0"].data[0].z, dtype=float)).all()  # no unimodal layers
+    assert fig.layout.title.text == shown.layout.title.text  # starts at the config's setting
+
+    path = explorer_html(TINY, out, tmp_path / "page" / "explorer.html")
+    page = path.read_text()
+    assert page.count('"method":"skip"') == 3 + 11 + layers + 1  # one step per fusion, B and L_f value
+    assert "plotly_sliderchange" in page and "Plotly.animate" in page
+    assert len(page) > 3_000_000 and "<script src=" not in page  # plotly.js inline: works offline
