@@ -6,16 +6,16 @@ processes) whose iterator state goes into every checkpoint, so a resumed run rea
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import grain
 import jax
 import numpy as np
+from absl import flags
 
 from mbt_core.augment import color_jitter, random_crop, random_flip, spec_augment
-from mbt_core.cache import CachedSplit, build_cache
+from mbt_core.cache import CachedSplit, build_cache, limit_threads
 from mbt_core.config import MBTConfig
 from mbt_core.datasets import locate, read_card, read_manifest
 from mbt_core.datasets.manifest import MANIFEST_PATTERN
@@ -33,10 +33,14 @@ class Dataset:
     label_type: str
     card: dict[str, Any]
 
-    def labels(self, split: str) -> np.ndarray:
-        """Dense (N, C) float32 targets of a split: multi-hot (multi-label) or one-hot (single label)."""
-        out = np.zeros((len(self.splits[split]), len(self.classes)), np.float32)
-        for i, record in enumerate(self.splits[split]):
+    def labels(self, split: str, index: Sequence[int] | None = None) -> np.ndarray:
+        """Dense (N, C) float32 targets of a split (or of its records at `index`): multi-hot or one-hot.
+
+        Pass a tokenised split's `index` to get the rows of the clips it holds (bad clips skipped).
+        """
+        records = self.splits[split] if index is None else [self.splits[split][i] for i in index]
+        out = np.zeros((len(records), len(self.classes)), np.float32)
+        for i, record in enumerate(records):
             labels = record.labels if isinstance(record.labels, tuple) else (record.labels,)
             out[i, list(labels)] = 1.0
         return out
@@ -63,23 +67,31 @@ def load_dataset(data: DataConfig) -> Dataset:
 
 
 def tokenised_split(dataset: Dataset, split: str, config: MBTConfig, num_views: int,
-                    progress: bool = True) -> CachedSplit:
-    """A split tokenised (through the cache under `<data dir>/.token_cache`) and loaded."""
+                    progress: bool = True, on_error: str = "raise") -> CachedSplit:
+    """A split tokenised (through the cache under `<data dir>/.token_cache`) and loaded.
+
+    With on_error="skip", bad clips are left out and reported: the result's `index` and `clip_ids` say
+    which clips it holds; take their targets with `dataset.labels(split, result.index)`.
+    """
     if split not in dataset.splits:
         raise ValueError(f"{dataset.root}: no split {split!r}; splits: {sorted(dataset.splits)}")
-    directory = build_cache(dataset.splits[split], config, dataset.root / ".token_cache", split,
-                            num_views=num_views, progress=progress)
-    return CachedSplit.load(directory)
+    records = dataset.splits[split]
+    directory = build_cache(records, config, dataset.root / ".token_cache", split, num_views=num_views,
+                            progress=progress, on_error=on_error)
+    cached = CachedSplit.load(directory)
+    if list(cached.clip_ids) != [records[i].clip_id for i in cached.index]:
+        raise ValueError(f"token cache {directory}: its clip ids do not match split {split!r} of {dataset.root}")
+    return cached
 
 
 def _augment(train: TrainConfig, image_size: int) -> Callable[[dict, np.random.Generator], dict]:
+    """Training augmentation of one example (Sec. 4.2); frames arrive as the stored uint8 square."""
     def apply(example: dict, rng: np.random.Generator) -> dict:
         example = dict(example)
-        if train.frame_augment:
-            frames = (example["rgb"] + 1.0) / 2.0
-            frames = random_flip(random_crop(frames, image_size, rng), rng)
-            example["rgb"] = color_jitter(frames, rng) * 2.0 - 1.0
-        if train.spec_augment:
+        if train.frame_augment and "rgb" in example:
+            frames = random_flip(random_crop(example["rgb"], image_size, rng), rng)
+            example["rgb"] = color_jitter(frames.astype(np.float32) / 255.0, rng) * 2.0 - 1.0
+        if train.spec_augment and "spec" in example:
             example["spec"] = spec_augment(example["spec"], rng)
         return example
     return apply
@@ -88,14 +100,22 @@ def _augment(train: TrainConfig, image_size: int) -> Callable[[dict, np.random.G
 class TrainIterator:
     """Infinite shuffled batches of one split, with a checkpointable state."""
 
-    def __init__(self, split: CachedSplit, labels: np.ndarray, clip_ids: list[str], train: TrainConfig,
+    def __init__(self, split: CachedSplit, labels: np.ndarray, clip_ids: Sequence[str], train: TrainConfig,
                  config: MBTConfig, modalities: tuple[str, ...], workers: int = 0):
         if train.batch_size % jax.process_count():
             raise ValueError(f"train.batch_size {train.batch_size} is not divisible by {jax.process_count()} hosts")
+        if len(labels) != len(split) or len(clip_ids) != len(split):
+            raise ValueError(f"{len(labels)} labels and {len(clip_ids)} clip ids for a split of {len(split)} clips "
+                             f"(after skipped clips, use dataset.labels(name, split.index) and split.clip_ids)")
         ids = np.asarray(clip_ids)
+        if split.clip_ids is not None and not np.array_equal(ids, split.clip_ids):
+            first = int(np.flatnonzero(ids != split.clip_ids)[0])
+            raise ValueError(f"clip id {ids[first]!r} at position {first} is not the split's {split.clip_ids[first]!r}")
+        # Training crops the stored square (scale jitter, Sec. 4.2); without frame augmentation, the centre.
+        read = split.train_example if train.frame_augment else split.example
 
         def load(index: int) -> dict:
-            example = {k: v for k, v in split.example(index).items() if k in modalities}
+            example = {k: v for k, v in read(index).items() if k in modalities}
             return {**example, "labels": labels[index], "index": np.int64(index)}
 
         ds = grain.MapDataset.range(len(split))[jax.process_index()::jax.process_count()]
@@ -106,8 +126,10 @@ class TrainIterator:
         ds = ds.map(lambda b: {**{k: v for k, v in b.items() if k != "index"}, "clip_id": ids[b["index"]]})
         iter_ds = ds.to_iter_dataset()
         if workers > 0:
+            if not flags.FLAGS.is_parsed():  # grain's worker start reads absl flags; outside absl.app: defaults
+                flags.FLAGS.mark_as_parsed()
             iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers),
-                                          worker_init_fn=lambda *_: os.environ.update(OPENBLAS_NUM_THREADS="1"))
+                                          worker_init_fn=limit_threads)
         self._it = iter(iter_ds)
 
     def __iter__(self):
@@ -123,6 +145,10 @@ class TrainIterator:
     def set_state(self, state: dict) -> None:
         """Continue from a saved position."""
         self._it.set_state(state)
+
+    def close(self) -> None:
+        """Stop the worker processes (if any)."""
+        self._it.close()
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:

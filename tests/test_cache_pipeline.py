@@ -1,0 +1,356 @@
+"""Token cache and training pipeline: cache keys, resume, equality with `tokenise`, bad clips, grain iterator."""
+import csv
+import dataclasses
+import json
+import math
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+import media  # tests/ is on sys.path: conftest
+from mbt_core import cache as cache_module
+from mbt_core import pipeline, video
+from mbt_core.cache import TRAIN_ONLY, CachedSplit, ClipError, build_cache, cache_key, stored_size
+from mbt_core.config import MBTConfig
+from mbt_core.datasets.records import ClipRecord
+from mbt_core.datasets.synthetic import generate
+from mbt_core.pipeline import TrainIterator, load_dataset, steps_per_epoch, tokenised_split
+from mbt_core.recipes import DataConfig, TrainConfig
+from mbt_core.tokenise import Preprocess, tokenise, views
+
+TINY = MBTConfig.preset("tiny")  # S = 24: frames stored at round(24 * 256 / 224) = 27
+FIELDS = ("frames", "spec", "padded", "audio_missing", "offset", "index", "clip_ids")
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    """A 24-clip synthetic benchmark (16 train, 4 val, 4 test) of 4 s clips at 32 x 32."""
+    out = tmp_path_factory.mktemp("synth")
+    result = generate(out, num_clips=24, seed=0, size=32, workers=1, progress=False)
+    return out, result
+
+
+@pytest.fixture(scope="module")
+def odd_clips(tmp_path_factory):
+    """Textured 6 s clips of other aspect ratios, so the central crops land on both pixel parities."""
+    out = tmp_path_factory.mktemp("odd")
+    records = []
+    for n, (w, h) in enumerate([(64, 48), (66, 48), (48, 66)]):
+        y, x = np.mgrid[:h, :w]
+        frames = np.stack([np.stack([(x * 7 + y * 3 + 5 * i) % 256, (x * x + 2 * y + i) % 256,
+                                     (y * y + 3 * x + 9 * i) % 256], -1) for i in range(150)]).astype(np.uint8)
+        path = media.write_video(out / f"odd{n}.mp4", frames, 25.0, audio=media.tone(300 + 200 * n, 6.0, 16000))
+        records.append(ClipRecord(f"odd{n}", 0.0, math.inf, (), path=str(path), video=f"odd{n}.mp4"))
+    return records
+
+
+def _fields(split):
+    return {k: getattr(split, k) for k in FIELDS}
+
+
+def _assert_same(a, b):
+    for k in FIELDS:
+        np.testing.assert_array_equal(getattr(a, k), getattr(b, k), err_msg=k)
+
+
+def _manifest(root):
+    """Rows of a manifest.csv read with the csv module: clip_id -> (split, [label names])."""
+    with open(root / "manifest.csv", newline="") as f:
+        return {row["clip_id"]: (row["split"], [n for n in row["labels"].split(";") if n])
+                for row in csv.DictReader(f)}
+
+
+# --- cache key ---------------------------------------------------------------------------------------------
+
+# A valid other value for every Preprocess field (a new field fails the test until it is classified here).
+OTHER = dict(train=True, fps=30.0, sampling="consecutive", synchronous=False, short_side_ratio=1.25,
+             crop_scale=(0.8, 1.2), flip=0.3, color_jitter=0.5, color_drop=0.2, spec_time_masks=2, spec_max_time=100,
+             spec_freq_masks=2, spec_max_freq=24, spec_mean=-4.0, spec_std=4.0, on_missing_audio="error")
+
+
+def test_cache_key_changes_with_token_fields_only():
+    base = cache_key(TINY, Preprocess(), 1)
+    assert base == cache_key(MBTConfig.preset("tiny"), Preprocess(), 1)
+    geometry = [TINY.replace(rgb_frames=8), TINY.replace(image_size=32), TINY.replace(spec_seconds=3.2),
+                TINY.replace(mel_bins=48)]
+    keys = {cache_key(c, Preprocess(), 1) for c in geometry} | {cache_key(TINY, Preprocess(), 4)}
+    assert len(keys) == 5 and base not in keys
+    model_only = [TINY.replace(hidden_size=32), TINY.replace(num_layers=2), TINY.replace(num_bottlenecks=2),
+                  TINY.replace(rgb_patch=4), TINY.replace(fusion_layer=0)]
+    assert {cache_key(c, Preprocess(), 1) for c in model_only} == {base}
+    assert set(OTHER) == {f.name for f in dataclasses.fields(Preprocess)}
+    for field, value in OTHER.items():
+        # spec_mean and spec_std are given together: change one of a given pair.
+        pair = dict(spec_mean=-5.0, spec_std=5.0) if field in ("spec_mean", "spec_std") else {}
+        before, after = Preprocess(**pair), Preprocess(**{**pair, field: value})
+        same = cache_key(TINY, after, 1) == cache_key(TINY, before, 1)
+        assert same == (field in TRAIN_ONLY), field
+
+
+def test_training_only_fields_do_not_change_evaluation_views(synth):
+    root, _ = synth
+    path = str(root / "clips" / "synth_000000.mp4")
+    want = views(path, TINY, 2)
+    for field in TRAIN_ONLY:
+        if field == "train":
+            continue
+        got = views(path, TINY, 2, preprocess=Preprocess(**{field: OTHER[field]}))
+        for a, b in zip(want, got):
+            np.testing.assert_array_equal(a.frames, b.frames, err_msg=field)
+            np.testing.assert_array_equal(a.spectrogram, b.spectrogram, err_msg=field)
+
+
+def test_cache_refuses_training_preprocess(tmp_path, odd_clips):
+    with pytest.raises(ValueError, match="Preprocess.train"):
+        build_cache(odd_clips, TINY, tmp_path, "x", preprocess=Preprocess(train=True), progress=False)
+
+
+# --- contents --------------------------------------------------------------------------------------------
+
+def test_cached_views_equal_tokenise(tmp_path, synth, odd_clips):
+    root, _ = synth
+    records = load_dataset(DataConfig(dir=str(root))).splits["val"][:2] + odd_clips
+    split = CachedSplit.load(build_cache(records, TINY, tmp_path, "eq", num_views=2, workers=1, progress=False))
+    side = stored_size(TINY, Preprocess())
+    assert split.frames.shape == (len(records), 2, 16, side, side, 3) and side == 27
+    assert list(split.clip_ids) == [r.clip_id for r in records]
+    assert set(split.offset[len(records) - 3:].ravel()) == {1, 2}  # both parities are exercised
+    for i, record in enumerate(records):
+        want = views(record.path, TINY, 2, start=record.start, end=None if math.isinf(record.end) else record.end)
+        if i == 0:  # the first of the views is tokenise()'s window at the segment start
+            one = tokenise(record.path, TINY, start=record.start, end=record.end)
+            np.testing.assert_array_equal(one.frames, want[0].frames)
+        for v, view in enumerate(want):
+            got = split.example(i, v)
+            assert got["rgb"].shape == (16, 24, 24, 3) and got["rgb"].dtype == np.float32
+            assert np.abs(got["rgb"] - view.frames).max() <= 1 / 255 + 1e-6, record.clip_id
+            np.testing.assert_array_equal(got["spec"], view.spectrogram)
+            # The stored square is the central s x s crop of the frames resized to short side s.
+            square = video.centre_crop(video.read_frames(video.probe(record.path), view.frame_times, side), side)
+            np.testing.assert_array_equal(split.train_example(i, v)["rgb"], square)
+        assert split.padded[i] == any(v.padded for v in want)
+        assert split.audio_missing[i] == want[0].audio_missing
+
+
+def test_interrupted_build_resumes_only_the_missing_shard(tmp_path, synth, monkeypatch):
+    root, _ = synth
+    records = load_dataset(DataConfig(dir=str(root))).splits["train"]  # 16 clips: shards of 6, 6, 4
+    build = dict(config=TINY, root=tmp_path, name="train", workers=1, progress=False, shard_size=6)
+    directory = build_cache(records, **build)
+    shards = sorted(directory.glob("shard_*.npz"))
+    assert len(shards) == 3
+    first = CachedSplit.load(directory)
+    mtimes = [s.stat().st_mtime_ns for s in shards]
+    shards[1].unlink()
+    (directory / "meta.json").unlink()
+    with pytest.raises(FileNotFoundError, match="meta.json"):
+        CachedSplit.load(directory)
+    assert build_cache(records, **build) == directory
+    assert [s.stat().st_mtime_ns for s in shards][::2] == mtimes[::2]
+    assert shards[1].stat().st_mtime_ns != mtimes[1]
+    _assert_same(first, CachedSplit.load(directory))
+
+    # A changed clip (its segment now ends early) rebuilds its shard only, and shows as padded.
+    changed = list(records)
+    changed[13] = dataclasses.replace(records[13], end=3.5)
+    mtimes = [s.stat().st_mtime_ns for s in shards]
+    again = CachedSplit.load(build_cache(changed, **build))
+    assert [s.stat().st_mtime_ns for s in shards][:2] == mtimes[:2] and shards[2].stat().st_mtime_ns != mtimes[2]
+    assert again.padded[13] and not first.padded[13]
+    np.testing.assert_array_equal(again.frames[:12], first.frames[:12])
+
+    # Worker processes (spawned, single-threaded) give the same arrays as the main process.
+    monkeypatch.setattr(cache_module, "MIN_POOL_CLIPS", 0)
+    pooled = CachedSplit.load(build_cache(records, **{**build, "root": tmp_path / "pool", "workers": 2}))
+    _assert_same(first, pooled)
+
+
+def _corrupt_copy(root, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns(".token_cache"))
+    dataset = load_dataset(DataConfig(dir=str(copy)))
+    bad = dataset.splits["train"][5]
+    with open(bad.path, "wb") as f:
+        f.write(b"this is not an mp4 file " * 40)
+    return copy, bad
+
+
+def test_bad_clip_raises_naming_the_file_or_is_skipped_with_its_label(tmp_path, synth, capsys):
+    root, _ = synth
+    copy, bad = _corrupt_copy(root, tmp_path)
+    dataset = load_dataset(DataConfig(dir=str(copy)))
+    with pytest.raises(ClipError) as error:
+        tokenised_split(dataset, "train", TINY, 1, progress=False)
+    assert bad.path in str(error.value) and bad.clip_id in str(error.value)
+
+    capsys.readouterr()
+    split = tokenised_split(dataset, "train", TINY, 1, progress=False, on_error="skip")
+    report = capsys.readouterr().out
+    assert "1 of 16 clips skipped" in report and bad.clip_id in report and report.count("\n") == 2
+    assert len(split) == 15 and bad.clip_id not in split.clip_ids
+    meta = json.loads(next((copy / ".token_cache").glob("train-*/meta.json")).read_text())
+    assert [(s["clip_id"], s["path"]) for s in meta["skipped"]] == [(bad.clip_id, bad.path)]
+    assert "VideoDecodeError" in meta["skipped"][0]["reason"]
+
+    # Labels follow the clips that are present, as the manifest gives them.
+    manifest = _manifest(copy)
+    labels = dataset.labels("train", split.index)
+    for row, clip_id in zip(labels, split.clip_ids):
+        assert sorted(np.asarray(dataset.classes)[row > 0]) == sorted(manifest[clip_id][1])
+    train = TrainConfig(batch_size=5, frame_augment=False, spec_augment=False)
+    with pytest.raises(ValueError, match="16 labels"):
+        TrainIterator(split, dataset.labels("train"), [r.clip_id for r in dataset.splits["train"]], train, TINY,
+                      ("rgb", "spec"))
+    batches = TrainIterator(split, labels, list(split.clip_ids), train, TINY, ("rgb", "spec"))
+    for _ in range(3):
+        batch = next(batches)
+        assert bad.clip_id not in batch["clip_id"]
+        for row, clip_id in zip(batch["labels"], batch["clip_id"]):
+            assert sorted(np.asarray(dataset.classes)[row > 0]) == sorted(manifest[clip_id][1])
+
+    # The skipped cache is reused with "skip" (reported again), never accepted by "raise".
+    again = tokenised_split(dataset, "train", TINY, 1, progress=False, on_error="skip")
+    assert bad.clip_id in capsys.readouterr().out
+    _assert_same(split, again)
+    with pytest.raises(ClipError, match=bad.clip_id):
+        tokenised_split(dataset, "train", TINY, 1, progress=False)
+
+
+def test_labels_match_the_manifest(synth):
+    root, result = synth
+    dataset = load_dataset(DataConfig(dir=str(root)))
+    manifest = _manifest(root)
+    assert dataset.classes == list(result.classes) and dataset.label_type == "multi_label"
+    assert {s: len(r) for s, r in dataset.splits.items()} == {"train": 16, "val": 4, "test": 4}
+    for name, records in dataset.splits.items():
+        assert [r.clip_id for r in records] == [c for c, (s, _) in manifest.items() if s == name]
+        want = np.array([[c in manifest[r.clip_id][1] for c in result.classes] for r in records], np.float32)
+        np.testing.assert_array_equal(dataset.labels(name), want)
+        np.testing.assert_array_equal(dataset.labels(name, [2, 0]), want[[2, 0]])
+    assert dataset.class_kinds()["circle_is_sound_source"] == "pairing_temporal"
+
+
+# --- training iterator -----------------------------------------------------------------------------------
+
+MICRO = MBTConfig.preset("micro")  # S = 8, 2 frames: stored at 9
+
+
+def mock_split(n=16, seed=0, cls=CachedSplit):
+    """A cached split with the training margin; labels one-hot of the clip's position."""
+    rng = np.random.default_rng(seed)
+    side = stored_size(MICRO, Preprocess())
+    frames = rng.integers(0, 256, (n, 1, MICRO.rgb_frames, side, side, 3), dtype=np.uint8)
+    spec = rng.normal(size=(n, 1, MICRO.spec_frames, MICRO.mel_bins)).astype(np.float32)
+    ids = [f"clip{i:02d}" for i in range(n)]
+    split = cls(frames, spec, np.zeros(n, bool), np.zeros(n, bool), image_size=MICRO.image_size,
+                clip_ids=np.asarray(ids))
+    return split, np.eye(n, dtype=np.float32), ids
+
+
+def _iterator(seed=0, workers=0, split=None, **train):
+    split, labels, ids = split or mock_split()
+    train = TrainConfig(batch_size=4, seed=seed, **train)
+    return TrainIterator(split, labels, ids, train, MICRO, ("rgb", "spec"), workers)
+
+
+def _take(it, n):
+    return [next(it) for _ in range(n)]
+
+
+def _assert_batches_equal(a, b, keys=("rgb", "spec", "labels", "clip_id")):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        for k in keys:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def test_train_iterator_is_deterministic_by_seed_and_resumes():
+    first = _take(_iterator(0), 6)
+    _assert_batches_equal(first, _take(_iterator(0), 6))
+    other = _take(_iterator(1), 6)
+    assert any((a["clip_id"] != b["clip_id"]).any() for a, b in zip(first, other))
+    assert first[0]["rgb"].shape == (4, 2, 8, 8, 3) and np.abs(first[0]["rgb"]).max() <= 1.0
+
+    it = _iterator(0)
+    _take(it, 3)
+    state = json.loads(json.dumps(it.get_state()))  # as a checkpoint stores it
+    after = _take(it, 3)
+    _assert_batches_equal(after, first[3:])
+    _take(it, 2)
+    it.set_state(state)
+    _assert_batches_equal(_take(it, 3), after)
+    resumed = _iterator(0)  # a new process: a fresh iterator, then the saved state
+    resumed.set_state(state)
+    _assert_batches_equal(_take(resumed, 3), after)
+
+
+def test_train_iterator_epochs_and_alignment_without_augmentation():
+    split, labels, ids = mock_split()
+    batches = _take(_iterator(0, frame_augment=False, spec_augment=False), 8)  # two epochs of 16
+    for epoch in (batches[:4], batches[4:]):
+        assert sorted(c for b in epoch for c in b["clip_id"]) == ids
+    for batch in batches:
+        for k, clip_id in enumerate(batch["clip_id"]):
+            i = ids.index(clip_id)
+            np.testing.assert_array_equal(batch["rgb"][k], split.example(i)["rgb"])
+            np.testing.assert_array_equal(batch["spec"][k], split.spec[i, 0])
+            np.testing.assert_array_equal(batch["labels"][k], labels[i])
+
+
+def test_training_crop_reaches_the_stored_margin(monkeypatch):
+    split, labels, ids = mock_split()
+    split.frames[:] = 255
+    split.frames[:, :, :, 0:8, 0:8] = 0  # wherever the evaluation crop lies, it holds no 255 ...
+    assert all((split.example(i)["rgb"] < 1.0).any() for i in range(len(split)))
+    monkeypatch.setattr(pipeline, "color_jitter", lambda frames, rng: frames)
+    seen = np.concatenate([b["rgb"] for b in _take(_iterator(0, split=(split, labels, ids)), 12)])
+    assert seen.shape[2:4] == (8, 8)
+    assert (seen == 1.0).any() and (seen == -1.0).any()  # ... but training crops reach the margin
+
+
+def test_hosts_read_disjoint_shards(monkeypatch):
+    seen = []
+    for host in range(2):
+        monkeypatch.setattr(jax, "process_count", lambda: 2)
+        monkeypatch.setattr(jax, "process_index", lambda host=host: host)
+        batches = _take(_iterator(0, frame_augment=False, spec_augment=False), 4)  # 8 examples: one epoch
+        assert all(len(b["clip_id"]) == 2 for b in batches)
+        seen.append([c for b in batches for c in b["clip_id"]])
+    assert len(set(seen[0])) == len(set(seen[1])) == 8
+    assert sorted(seen[0] + seen[1]) == mock_split()[2]
+    monkeypatch.setattr(jax, "process_count", lambda: 3)
+    with pytest.raises(ValueError, match="not divisible by 3 hosts"):
+        _iterator(0)
+
+
+class ThreadProbe(CachedSplit):
+    """A split whose spectrogram reports the reading process's OPENBLAS_NUM_THREADS and BLAS pool size."""
+
+    def train_example(self, index, view=0):
+        import threadpoolctl
+        out = super().train_example(index, view)
+        spec = np.zeros_like(out["spec"])
+        spec[0, 0] = float(os.environ.get("OPENBLAS_NUM_THREADS", "0"))
+        spec[0, 1] = max(p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas")
+        return {**out, "spec": spec}
+
+
+def test_worker_processes_give_the_same_batches_single_threaded(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")  # what the workers inherit; they must lower it
+    split = mock_split(cls=ThreadProbe)
+    want = _take(_iterator(0, split=split, spec_augment=False), 6)
+    it = _iterator(0, workers=2, split=split, spec_augment=False)
+    try:
+        got = _take(it, 6)
+    finally:
+        it.close()
+    _assert_batches_equal(want, got, keys=("rgb", "labels", "clip_id"))
+    reported = np.stack([b["spec"][:, 0, :2] for b in got])
+    assert (reported == 1.0).all(), reported
+
+
+def test_steps_per_epoch():
+    assert steps_per_epoch(10, 4) == 2 and steps_per_epoch(3, 4) == 1 and steps_per_epoch(64, 32) == 2
