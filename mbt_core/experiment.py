@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+import jax
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -66,12 +67,18 @@ def load_params(run_dir: str | Path, which: str = "latest") -> tuple[RunConfig, 
     """A run's config and its latest (or best) parameters."""
     run_dir = Path(run_dir)
     run = load_run_config(str(run_dir / "config.json"))
-    template, _ = init_state(run, 1)
+    template = jax.eval_shape(lambda: init_state(run, 1)[0])  # shapes only: no initialisation to pay for
     manager = checkpoint_manager(run_dir / ("best" if which == "best" else "checkpoints"), 1)
     restored = restore(manager, template)
     if restored is None:
         raise FileNotFoundError(f"{run_dir}: no {which} checkpoint to evaluate")
     return run, restored[0].params
+
+
+def load_run_split(run_dir: str | Path, split: str = "test", which: str = "latest") -> tuple[RunConfig, Any, Any]:
+    """A run's config, its latest (or best) parameters and one split of its data, tokenised (one view)."""
+    run, params = load_params(run_dir, which)
+    return run, params, tokenised_split(load_dataset(run.data), split, run.model, 1, progress=False)
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "latest", progress: bool = True) -> dict:

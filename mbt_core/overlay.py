@@ -8,11 +8,13 @@ throughout; the BGR order OpenCV wants is applied only when writing files.
 """
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import cv2
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -22,6 +24,13 @@ from mbt_core.rollout import mbt_rollout, tightness
 
 COLORMAP = cv2.COLORMAP_JET
 FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+@functools.lru_cache(maxsize=16)
+def attention_forward(config: MBTConfig) -> Callable:
+    """A jitted evaluation forward pass that captures attention (compiled once per config and input shape)."""
+    return jax.jit(lambda params, inputs: MBT(config).apply({"params": params}, inputs, train=False,
+                                                            capture_attention=True))
 
 
 def clip_rollout(config: MBTConfig, params: Any, example: Mapping[str, np.ndarray], **rollout_kw) -> dict[str, Any]:
@@ -38,7 +47,7 @@ def clip_rollout(config: MBTConfig, params: Any, example: Mapping[str, np.ndarra
         if np.asarray(example[m]).dtype == np.uint8:
             raise ValueError(f"example[{m!r}] is uint8: pass model inputs (e.g. CachedSplit.example), frames in [-1, 1]")
     inputs = {m: jnp.asarray(example[m], jnp.float32)[None] for m in mods}
-    _, aux = MBT(config).apply({"params": params}, inputs, train=False, capture_attention=True)
+    _, aux = attention_forward(config)(params, inputs)
     attention = {stream: [np.asarray(a) for a in layers] for stream, layers in aux["attention"].items()}
     rolled = mbt_rollout(attention, config, **rollout_kw)
     own = {m: rolled["cls_to_patches"][m][0] for m in mods}

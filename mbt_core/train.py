@@ -50,7 +50,8 @@ def init_state(run: RunConfig, steps_per_epoch: int, params: Any = None) -> tupl
     model = MBT(run.model)
     rng = jax.random.PRNGKey(run.train.seed)
     if params is None:
-        params = model.init(jax.random.split(rng)[0], dummy_inputs(run.model, 1), train=False)["params"]
+        init = jax.jit(lambda key: model.init(key, dummy_inputs(run.model, 1), train=False)["params"])
+        params = init(jax.random.split(rng)[0])  # jitted: eager initialisation is far slower on CPU
     tx = make_optimizer(run.train, steps_per_epoch)
     return TrainState(params=params, opt_state=tx.init(params), step=jnp.asarray(0, jnp.int32), rng=rng), tx
 
