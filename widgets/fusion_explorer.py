@@ -81,12 +81,16 @@ def sweep_config(results: Sequence[Mapping[str, Any]]) -> MBTConfig | None:
 def find_run(results: Sequence[Mapping[str, Any]], fusion: str, fusion_layer: int, num_bottlenecks: int,
              num_layers: int) -> tuple[Mapping[str, Any] | None, str]:
     """The sweep row of a setting and a note; B-independent settings (non-bottleneck, L_f = L) match any B."""
-    same = [r for r in results if (r["fusion"], r["fusion_layer"], r["num_layers"]) == (fusion, fusion_layer, num_layers)]
+    setting = (fusion, fusion_layer, num_layers)
+    same = [r for r in results if (r["fusion"], r["fusion_layer"], r["num_layers"]) == setting]
     for row in same:
         if row["num_bottlenecks"] == num_bottlenecks:
             return row, ""
     if same and (fusion != "bottleneck" or fusion_layer == num_layers):
         return same[0], f"B does not change this model; the sweep ran it with B = {same[0]['num_bottlenecks']}"
+    depths = sorted({r["num_layers"] for r in results})
+    if depths and num_layers not in depths:
+        return None, f"{NOT_IN_SWEEP} (its models have L = {depths}, this config L = {num_layers})"
     return None, NOT_IN_SWEEP
 
 
@@ -119,7 +123,7 @@ def explorer_state(config: MBTConfig, fusion: str, fusion_layer: int, num_bottle
     for part, span in layers.items():
         kinds = link_kinds(cfg, span[0]) if span else None
         masks[part] = expand_groups(cfg, kinds) if per_token and kinds is not None else kinds
-    curves = _curves(cfg.replace(fusion_layer=cfg.num_layers))
+    curves = _curves(cfg.replace(fusion="bottleneck", fusion_layer=cfg.num_layers))  # the key: all but B fixed
     state = {
         "config": cfg,
         "layers": layers,
@@ -128,7 +132,7 @@ def explorer_state(config: MBTConfig, fusion: str, fusion_layer: int, num_bottle
         "mask_view": "tokens" if per_token else "groups",
         "masks": masks,
         "gflops": {c: gflops(cfg, c) for c in CONVENTIONS},
-        "gflops_curve": {c: curves[c][fusion] for c in CONVENTIONS},
+        "gflops_curve": {c: list(curves[c][fusion]) for c in CONVENTIONS},
         "run": None, "run_note": "no sweep results given", "mAP": None, "mAP_by_kind": {},
     }
     if results is not None:

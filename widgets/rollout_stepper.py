@@ -19,8 +19,7 @@ import numpy as np
 from mbt_core.config import MBTConfig
 from mbt_core.experiment import load_params
 from mbt_core.cache import CachedSplit
-from mbt_core.model import MBT
-from mbt_core.overlay import frame_maps, frame_overlay, to_uint8
+from mbt_core.overlay import attention_forward, frame_maps, frame_overlay, to_uint8
 from mbt_core.pipeline import load_dataset, tokenised_split
 from mbt_core.rollout import mbt_rollout, tightness
 
@@ -63,9 +62,9 @@ def stepper_view(frames: np.ndarray, maps: np.ndarray, frame: int, layer: int, a
 
 
 def clip_attention(config: MBTConfig, params: Any, example: Mapping[str, np.ndarray]) -> dict[str, list]:
-    """`aux["attention"]` of one clip (batch 1) from one run of the model."""
+    """`aux["attention"]` of one clip (batch 1) from one run of the model (`overlay.attention_forward`, jitted)."""
     inputs = {m: np.asarray(example[m], np.float32)[None] for m in config.modalities if m in example}
-    _, aux = MBT(config).apply({"params": params}, inputs, train=False, capture_attention=True)
+    _, aux = attention_forward(config)(params, inputs)
     return {stream: [np.asarray(a) for a in layers] for stream, layers in aux["attention"].items()}
 
 
