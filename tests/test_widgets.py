@@ -218,7 +218,9 @@ def test_rollout_stepper_steps_frames_and_layers():
 
     def hot():  # the patch where the colour map is reddest (JET: red high, blue low)
         image = _decode(stepper.image.value).astype(int)
-        return tuple(int(i) // 4 for i in np.unravel_index(np.argmax(image[..., 0] - image[..., 2]), image.shape[:2]))
+        patch = image.shape[0] // 2
+        return tuple(int(i) // patch for i in np.unravel_index(np.argmax(image[..., 0] - image[..., 2]),
+                                                               image.shape[:2]))
 
     assert hot() == (0, 0)
     stepper.frame_slider.value = 2
@@ -291,7 +293,9 @@ def test_stepper_from_run_and_sweep_overlays(tmp_path, monkeypatch):
     assert not np.array_equal(images[("bottleneck", 1, 2, 0)], images[("bottleneck", 1, 2, 2)])
     ex = FusionExplorer(MICRO, results=out, overlays=images)
     ex.clip.value = 2
-    np.testing.assert_array_equal(_decode(ex.overlay_image.value), images[("bottleneck", 1, 2, 2)])
+    shown = _decode(ex.overlay_image.value)
+    assert shown.shape[1] == 320  # 8 pixels enlarged 40 times
+    np.testing.assert_array_equal(shown[::40, ::40], images[("bottleneck", 1, 2, 2)])
 
 
 def test_static_export_steps_over_the_grid(tmp_path):

@@ -20,6 +20,7 @@ from mbt_core.config import MBTConfig
 from mbt_core.experiment import load_params
 from mbt_core.cache import CachedSplit
 from mbt_core.overlay import attention_forward, frame_maps, frame_overlay, to_uint8
+from mbt_core.patch_grid import enlarge
 from mbt_core.pipeline import load_dataset, tokenised_split
 from mbt_core.rollout import mbt_rollout, tightness
 
@@ -33,6 +34,12 @@ def encode_png(image: np.ndarray) -> bytes:
     if not ok:
         raise ValueError(f"cv2 could not encode an image of shape {image.shape} as PNG")
     return data.tobytes()
+
+
+def png_at_width(image: np.ndarray, width: int) -> bytes:
+    """PNG bytes of an image enlarged by a whole factor (nearest neighbour) towards `width` pixels."""
+    image = np.asarray(image)
+    return encode_png(enlarge(image, max(1, width // image.shape[1])))
 
 
 def check_clip(frames: np.ndarray, rollout_per_layer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +108,7 @@ class RolloutStepper(widgets.VBox):
     def __init__(self, frames: np.ndarray, rollout_per_layer: np.ndarray, alpha: float = 0.5, title: str = "",
                  width: int = 320):
         self.frames, self.maps = check_clip(frames, rollout_per_layer)
-        self.alpha = alpha
+        self.alpha, self.width = alpha, width
         layers = self.maps.shape[0]
         self.frame_slider = widgets.IntSlider(value=0, min=0, max=len(self.frames) - 1, description="frame")
         self.layer_slider = widgets.IntSlider(value=layers - 1, min=0, max=layers - 1, description="layer")
@@ -130,7 +137,7 @@ class RolloutStepper(widgets.VBox):
         """Blend the current frame with the current layer's map."""
         frame, layer = self.frame_slider.value, self.layer_slider.value
         view = stepper_view(self.frames, self.maps, frame, layer, self.alpha)
-        self.image.value = encode_png(view["image"])
+        self.image.value = png_at_width(view["image"], self.width)
         spread = "the map is empty" if view["area"] is None else (
             f"half the rollout mass lies on {100 * view['area']:.0f}% of the patches")
         self.caption.value = (f"frame {frame + 1} of {len(self.frames)}, rollout through layer {layer + 1} of "
