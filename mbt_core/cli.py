@@ -84,6 +84,13 @@ def cmd_synth(args: argparse.Namespace) -> None:
           f"{result.manifest}, {result.card}")
 
 
+def cmd_suite(args: argparse.Namespace) -> None:
+    from mbt_core.suite import run_suite
+
+    index = run_suite(args.out, quick=args.quick)
+    print(f"open {index}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every `mbt` subcommand."""
     parser = argparse.ArgumentParser(prog="mbt", description="Multimodal Bottleneck Transformer suite")
