@@ -1,0 +1,66 @@
+"""Notebooks: committed clean with one `parameters` cell; each executes with papermill on quick=True.
+
+One small synthetic set and one quick sweep (MBT, vanilla and late fusion) are made once per session
+and shared by every notebook, as `mbt suite` shares them.
+"""
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from mbt_core.suite import NOTEBOOK_DIR, NOTEBOOKS, ensure_sweep, ensure_synthetic, execute_notebooks, write_index
+
+# What each notebook must leave in its output_dir.
+EXPECTED = {
+    "01_tokenisation": ["frames_patches.png", "spectrogram_patches.png"],
+    "02_training": ["training_curves.html", "summary.json"],
+    "03_per_class_ap": ["per_class_table.json", "top_classes.html", "fusion_gain.html"],
+    "04_attention_rollout": ["side_by_side_rgb.png", "side_by_side_spec.png", "tightness.json",
+                             "mbt_clip0_rgb_summed.png", "mbt_clip0_rgb_frames.mp4"],
+    "05_fusion_explorer": ["fusion_explorer.html"],
+}
+
+
+def test_notebooks_committed_clean_with_one_parameters_cell():
+    assert sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb")) == sorted(NOTEBOOKS)
+    for name in NOTEBOOKS:
+        nb = nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert not any(c.get("outputs") or c.get("execution_count") for c in code), f"{name} has outputs"
+        tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, name
+        for parameter in ("output_dir", "quick", "data_dir", "sweep_dir"):
+            assert f"{parameter} = " in tagged[0].source, (name, parameter)
+        assert "google.colab" in code[0].source  # the first cell installs the project on Colab
+
+
+@pytest.fixture(scope="session")
+def quick_suite(tmp_path_factory):
+    root = tmp_path_factory.mktemp("suite")
+    data = ensure_synthetic(root / "data", quick=True, progress=False)
+    sweep_dir = ensure_sweep(data, root / "sweep", quick=True, progress=False)
+    return root, {"quick": True, "data_dir": str(data), "sweep_dir": str(sweep_dir)}
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_executes_on_quick(quick_suite, name):
+    root, parameters = quick_suite
+    out = root / "notebooks"
+    [page] = execute_notebooks(out, parameters, [name], progress=False)
+    assert page.exists() and page.stat().st_size > 0
+    for file in EXPECTED[name]:
+        assert (out / name / file).exists(), f"{name} did not write {file}"
+    executed = nbformat.read(out / f"{name}.ipynb", as_version=4)
+    errors = [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
+
+
+def test_quick_outputs_are_consistent(quick_suite):
+    root, parameters = quick_suite
+    rows = json.loads((Path(parameters["sweep_dir"]) / "results.json").read_text())
+    assert {(r["fusion"], r["fusion_layer"]) for r in rows} == {("bottleneck", 1), ("bottleneck", 3),
+                                                                ("self_attention", 1)}
+    index = write_index(root, sorted((root / "notebooks").glob("*.html")), {"runs": len(rows)})
+    text = index.read_text()
+    assert all(f"{name}.html" in text for name in NOTEBOOKS if (root / "notebooks" / f"{name}.html").exists())
