@@ -55,8 +55,8 @@ def _title(state: Mapping[str, Any], fusion: str, b: int, lf: int) -> str:
         score += " (" + ", ".join(f"{k} {v:.3f}" for k, v in state["mAP_by_kind"].items()) + ")"
     note = f" [{state['run_note']}]" if state["run_note"] else ""
     b_text = f", B = {b}" if fusion == "bottleneck" else ""
-    return (f"{fusion.replace('_', ' ')} fusion, L_f = {lf} of {cfg.num_layers}{b_text}<br>"
-            f"GFLOPs {cost}; {score}{note}")
+    return (f"<b>{fusion.replace('_', ' ')} fusion, L_f = {lf} of {cfg.num_layers}{b_text}</b><br>"
+            f"GFLOPs per clip: {cost}<br>{score}{note}")
 
 
 def _mask_traces(state: Mapping[str, Any], names: list[str]) -> list[go.Heatmap]:
@@ -128,17 +128,17 @@ def explorer_figure(config: MBTConfig | None = None,
         fig.update_yaxes(autorange="reversed", row=1, col=col)
     fig.update_xaxes(title_text="L_f", dtick=1, row=2)
     fig.update_yaxes(title_text="GFLOPs", row=2, col=1)
-    fig.update_yaxes(title_text="mAP", row=2, col=2)
+    fig.update_yaxes(title_text="mAP", row=2, col=2, **({} if rows else dict(range=[0, 1])))
     key = " · ".join(f"<span style='color:rgb{tuple(int(c) for c in KIND_COLOURS[k])}'>■</span> {LINK_KINDS[k]}"
                      for k in range(1, len(LINK_KINDS)))
-    fig.add_annotation(text=f"rows attend to columns: {key}", xref="paper", yref="paper",
-                       x=0.5, y=1.06, showarrow=False)
+    fig.add_annotation(text=f"rows attend to columns: {key}", xref="paper", yref="paper", x=0.5, y=1.05,
+                       yanchor="bottom", showarrow=False)
     fig.update_layout(
-        title_text=initial.layout.title.text, height=900, margin=dict(t=140, b=260),
-        legend=dict(orientation="h", x=0.0, y=-0.03, yanchor="top"),
+        title=dict(text=initial.layout.title.text, font=dict(size=14), y=0.985, yanchor="top"), height=1150,
+        margin=dict(t=150, b=330), legend=dict(x=1.02, y=0.42, yanchor="top"),
         sliders=[_slider("fusion", FUSIONS, FUSIONS.index(config.fusion), -0.1),
-                 _slider("B", bottlenecks, bottlenecks.index(b0), -0.18),
-                 _slider("L_f", range(layers + 1), config.fusion_layer, -0.26)])
+                 _slider("B", bottlenecks, bottlenecks.index(b0), -0.23),
+                 _slider("L_f", range(layers + 1), config.fusion_layer, -0.36)])
     return fig
 
 
