@@ -193,6 +193,12 @@ def test_explorer_overlays_per_setting_and_clip(tmp_path):
     assert calls.count(("bottleneck", 2, 4, 1)) == 1  # cached
     mapped = FusionExplorer(TINY, results=out, overlays=images)
     assert list(mapped.clip.options) == [0, 1] and mapped.overlay_image.layout.display == "block"
+    no_sweep = FusionExplorer(TINY, overlays=images)  # overlays keyed by the sliders' setting itself
+    assert no_sweep.overlay_image in no_sweep.children and no_sweep.map_label not in no_sweep.children
+    assert _decode(no_sweep.overlay_image.value)[0, 0].tolist() == [40] * 3
+    no_sweep.fusion_layer.value = 3
+    assert "no overlay for clip 0" in no_sweep.overlay_note.value
+    assert "no clips to show" in FusionExplorer(TINY, overlays=source).overlay_note.value
 
 
 def test_explorer_redraw_time():

@@ -272,7 +272,9 @@ class FusionExplorer(widgets.VBox):
         self.map_label = widgets.HTML()
         self.overlay_image = widgets.Image(format="png", layout=widgets.Layout(width=f"{OVERLAY_WIDTH}px"))
         self.overlay_note = widgets.HTML()
-        results_box = [self.map_label, self.clip, self.overlay_note, self.overlay_image] if self.results else []
+        results_box = [self.map_label] if self.results is not None else []
+        if self.results is not None or self.overlay_source is not None:
+            results_box += [self.clip, self.overlay_note, self.overlay_image]
         super().__init__([
             widgets.HBox([self.fusion]), widgets.HBox([self.fusion_layer, self.num_bottlenecks]),
             widgets.HBox([widgets.VBox([widgets.HBox(list(self.mask_panels.values())), self.legend]),
@@ -327,5 +329,6 @@ class FusionExplorer(widgets.VBox):
             self.overlay_image.value = png_at_width(image, OVERLAY_WIDTH)
         self.overlay_note.value = (
             "" if image is not None else "<i>no rollout overlays given</i>" if self.overlay_source is None
-            else f"<i>no overlay: {NOT_IN_SWEEP}</i>" if self.state["run"] is None
+            else "<i>no clips to show (pass clips=[...])</i>" if self.clip.value is None
+            else f"<i>no overlay: {NOT_IN_SWEEP}</i>" if self.results is not None and self.state["run"] is None
             else f"<i>no overlay for clip {html.escape(str(self.clip.value))} in this run</i>")
