@@ -305,7 +305,7 @@ def test_stepper_from_run_and_sweep_overlays(tmp_path, monkeypatch):
 
 
 def test_static_export_steps_over_the_grid(tmp_path):
-    from widgets.static_export import SLIDERS, explorer_figure, explorer_html
+    from widgets.static_export import SLIDERS, explorer_figure, explorer_html, explorer_view
 
     out = _results(tmp_path, [("bottleneck", 2, 4, 0.5), ("bottleneck", 3, 4, 0.3), ("cross_attention", 2, 4, 0.4)])
     fig = explorer_figure(TINY, out)
@@ -340,3 +340,5 @@ def test_static_export_steps_over_the_grid(tmp_path):
     assert page.count('"method":"skip"') == 3 + 11 + layers + 1  # one step per fusion, B and L_f value
     assert "plotly_sliderchange" in page and "Plotly.animate" in page
     assert len(page) > 3_000_000 and "<script src=" not in page  # plotly.js inline: works offline
+    fragment = explorer_view(TINY, out).data  # the notebook output: the same page script, no <html> wrapper
+    assert "plotly_sliderchange" in fragment and "<html>" not in fragment and len(fragment) > 3_000_000

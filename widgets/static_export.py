@@ -6,8 +6,10 @@ layers, GFLOPs against L_f in both conventions with the current L_f marked (Fig.
 L_f from the sweep with the current setting marked. Three `layout.sliders` (fusion, B, L_f) pick the frame:
 their steps do nothing themselves (`method="skip"`); a few lines of page script join the three values into
 the frame's name and call `Plotly.animate`. B changes nothing but bottleneck fusion, so the other fusions
-have one frame per L_f, computed at the config's B. `explorer_html` writes the page with plotly.js embedded, so it
-works offline, in executed notebooks' HTML and on static pages (not where scripts are stripped, as on GitHub).
+have one frame per L_f, computed at the config's B. `explorer_html` writes the page and `explorer_view` is the
+same as a notebook output, plotly.js embedded: it works offline, in executed notebooks' HTML, on nbviewer
+and on static pages, not where scripts are stripped (GitHub's notebook view). `explorer_figure(...).show()`
+draws the figure without the page script: there the sliders do nothing.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
+from IPython.display import HTML
 from plotly.subplots import make_subplots
 
 from mbt_core.config import FUSIONS, MBTConfig
@@ -142,13 +145,25 @@ def explorer_figure(config: MBTConfig | None = None,
     return fig
 
 
+def explorer_page(config: MBTConfig | None, results: str | Path | Sequence[Mapping[str, Any]] | None,
+                  full_html: bool = True) -> str:
+    """The explorer as HTML with plotly.js embedded and the page script: a whole page, or a fragment to embed."""
+    fig = explorer_figure(config, results)
+    state = {s["name"]: s["steps"][s["active"]]["value"] for s in fig.to_dict()["layout"]["sliders"]}
+    return fig.to_html(include_plotlyjs=True, full_html=full_html, auto_play=False,
+                       post_script=_SCRIPT % json.dumps(state))
+
+
 def explorer_html(config: MBTConfig | None, results: str | Path | Sequence[Mapping[str, Any]] | None,
                   path: str | Path) -> Path:
     """Write the kernel-free explorer as one self-contained HTML file (plotly.js embedded, no network)."""
-    fig = explorer_figure(config, results)
-    state = {s["name"]: s["steps"][s["active"]]["value"] for s in fig.to_dict()["layout"]["sliders"]}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(path, include_plotlyjs=True, full_html=True, auto_play=False,
-                   post_script=_SCRIPT % json.dumps(state))
+    path.write_text(explorer_page(config, results), encoding="utf-8")
     return path
+
+
+def explorer_view(config: MBTConfig | None = None,
+                  results: str | Path | Sequence[Mapping[str, Any]] | None = None) -> HTML:
+    """The kernel-free explorer as a notebook output whose sliders keep working in the saved notebook's HTML."""
+    return HTML(explorer_page(config, results, full_html=False))
