@@ -79,7 +79,7 @@ def _sources(records: Sequence[ClipRecord]) -> str:
 
 
 def _eval_offset(info: video.MediaInfo, size: int, side: int) -> tuple[int, int]:
-    """Top/left of `tokenise`'s central size-crop inside the central side-square (differ by a pixel's parity)."""
+    """Top/left of `tokenise`'s central S crop within the stored central s-square (floor halving: parity-dependent)."""
     # The frame size the decoder's resize gives, from the same function.
     h, w = video.resize_short_side(np.zeros((info.height, info.width), np.uint8), side).shape[:2]
     return (h - size) // 2 - (h - side) // 2, (w - size) // 2 - (w - side) // 2
@@ -109,19 +109,11 @@ def _shard_path(directory: Path, n: int) -> Path:
     return directory / f"shard_{n:05d}.npz"
 
 
-def _shard_skipped(path: Path) -> list[tuple[int, str]] | None:
-    """(index, reason) of the bad clips a shard records, or None when the shard is missing or unreadable."""
+def _shard_header(path: Path) -> tuple[str, list[tuple[int, str]]] | None:
+    """A shard's source hash and (index, reason) of the bad clips it records; None if missing or unreadable."""
     try:
         with np.load(path) as z:
-            return list(zip(z["skipped_index"].tolist(), z["skipped_reason"].tolist()))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        return None
-
-
-def _shard_source(path: Path) -> str | None:
-    try:
-        with np.load(path) as z:
-            return str(z["source"])
+            return str(z["source"]), list(zip(z["skipped_index"].tolist(), z["skipped_reason"].tolist()))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return None
 
@@ -188,10 +180,10 @@ def build_cache(records: Sequence[ClipRecord], config: MBTConfig, root: str | Pa
     meta_path.unlink(missing_ok=True)  # no meta while shards change: `CachedSplit.load` refuses the directory
 
     def done(n: int) -> bool:
-        path = _shard_path(directory, n)
-        if _shard_source(path) != _sources([records[i] for i in shards[n]]):
+        header = _shard_header(_shard_path(directory, n))
+        if header is None or header[0] != _sources([records[i] for i in shards[n]]):
             return False
-        return on_error == "skip" or _shard_skipped(path) == []
+        return on_error == "skip" or not header[1]
 
     todo = [n for n in range(len(shards)) if not done(n)]
     remaining = sum(len(shards[n]) for n in todo)
@@ -218,7 +210,7 @@ def build_cache(records: Sequence[ClipRecord], config: MBTConfig, root: str | Pa
         if int(stale.stem.split("_")[1]) >= len(shards):
             stale.unlink()
     skipped = [{"index": i, "clip_id": records[i].clip_id, "path": records[i].path, "reason": reason}
-               for n in range(len(shards)) for i, reason in _shard_skipped(_shard_path(directory, n))]
+               for n in range(len(shards)) for i, reason in _shard_header(_shard_path(directory, n))[1]]
     tmp = directory / ".meta.json.tmp"
     tmp.write_text(json.dumps({**identity, "skipped": skipped}, indent=1))
     os.replace(tmp, meta_path)

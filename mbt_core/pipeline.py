@@ -23,6 +23,11 @@ from mbt_core.datasets.records import ClipRecord
 from mbt_core.recipes import DataConfig, TrainConfig
 
 
+# Batches prepared ahead per process. grain's defaults (16 threads, 500 elements) would hold 500 *batches*:
+# tens of GB at the paper's geometry.
+READ = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
+
+
 @dataclasses.dataclass
 class Dataset:
     """A dataset's splits (records with paths), classes, label type and data card."""
@@ -124,7 +129,7 @@ class TrainIterator:
             ds = ds.random_map(_augment(train, config.image_size))
         ds = ds.batch(train.batch_size // jax.process_count(), drop_remainder=True)
         ds = ds.map(lambda b: {**{k: v for k, v in b.items() if k != "index"}, "clip_id": ids[b["index"]]})
-        iter_ds = ds.to_iter_dataset()
+        iter_ds = ds.to_iter_dataset(READ)
         if workers > 0:
             if not flags.FLAGS.is_parsed():  # grain's worker start reads absl flags; outside absl.app: defaults
                 flags.FLAGS.mark_as_parsed()
