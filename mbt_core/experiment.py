@@ -37,9 +37,8 @@ def train_run(run: RunConfig, out_dir: str | Path, progress: bool = True) -> Non
     """Train `run` on its data directory into `out_dir` (resuming when checkpoints exist)."""
     dataset = load_dataset(run.data)
     run = fit_classes(run, dataset.classes)
-    split = tokenised_split(dataset, run.data.train_split, run.model, 1, progress)
-    records = dataset.splits[run.data.train_split]
-    batches = TrainIterator(split, dataset.labels(run.data.train_split), [r.clip_id for r in records], run.train,
+    split = tokenised_split(dataset, run.data.train_split, run.model, 1, progress, run.data.on_error)
+    batches = TrainIterator(split, dataset.labels(run.data.train_split, split.index), list(split.clip_ids), run.train,
                             run.model, run.model.modalities, run.data.workers)
     params = None
     if run.train.init_checkpoint:
@@ -49,8 +48,8 @@ def train_run(run: RunConfig, out_dir: str | Path, progress: bool = True) -> Non
         print(report)
     evaluate = None
     if run.train.eval_every:
-        val = tokenised_split(dataset, run.data.val_split, run.model, 1, progress)
-        targets = dataset.labels(run.data.val_split)
+        val = tokenised_split(dataset, run.data.val_split, run.model, 1, progress, run.data.on_error)
+        targets = dataset.labels(run.data.val_split, val.index)
 
         def evaluate(params: Any) -> dict:
             with warnings.catch_warnings():
@@ -59,7 +58,7 @@ def train_run(run: RunConfig, out_dir: str | Path, progress: bool = True) -> Non
                 report = evaluation_report({"fused": logits["fused"]}, targets, dataset.classes, dataset.label_type)
             return {"mAP": report["mAP"]}
     fit(run, out_dir, batches, batches.get_state, batches.set_state, label_type=dataset.label_type,
-        steps_per_epoch=steps_per_epoch(len(records), run.train.batch_size), evaluate=evaluate, params=params,
+        steps_per_epoch=steps_per_epoch(len(split), run.train.batch_size), evaluate=evaluate, params=params,
         progress=progress)
 
 
@@ -78,7 +77,7 @@ def load_params(run_dir: str | Path, which: str = "latest") -> tuple[RunConfig, 
 def load_run_split(run_dir: str | Path, split: str = "test", which: str = "latest") -> tuple[RunConfig, Any, Any]:
     """A run's config, its latest (or best) parameters and one split of its data, tokenised (one view)."""
     run, params = load_params(run_dir, which)
-    return run, params, tokenised_split(load_dataset(run.data), split, run.model, 1, progress=False)
+    return run, params, tokenised_split(load_dataset(run.data), split, run.model, 1, False, run.data.on_error)
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "latest", progress: bool = True) -> dict:
@@ -86,15 +85,15 @@ def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "latest"
     run_dir = Path(run_dir)
     run, params = load_params(run_dir, which)
     dataset = load_dataset(run.data)
-    cached = tokenised_split(dataset, split, run.model, run.train.eval_views, progress)
-    targets = dataset.labels(split)
+    cached = tokenised_split(dataset, split, run.model, run.train.eval_views, progress, run.data.on_error)
+    targets = dataset.labels(split, cached.index)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # excluded classes are reported in the file instead
         logits = predict(run.model, params, cached, run.train.batch_size)
         report = evaluation_report(logits, targets, dataset.classes, dataset.label_type, dataset.class_kinds())
     report.update(split=split, checkpoint=which, views=run.train.eval_views, label_type=dataset.label_type)
     (run_dir / "eval.json").write_text(json.dumps(report, indent=2))
-    np.savez(run_dir / "scores.npz", clip_ids=np.asarray([r.clip_id for r in dataset.splits[split]]),
+    np.savez(run_dir / "scores.npz", clip_ids=np.asarray(cached.clip_ids),
              targets=targets, classes=np.asarray(dataset.classes), **{f"logits_{k}": v for k, v in logits.items()})
     with open(run_dir / "per_class_ap.csv", "w", newline="") as f:
         writer = csv.writer(f)

@@ -55,6 +55,7 @@ class DataConfig:
     test_split: str = "test"
     cache: bool = True  # Pre-tokenise each split once into shards keyed by the preprocessing config.
     workers: int = 0  # grain worker processes (0: in the main process).
+    on_error: str = "raise"  # A corrupt clip stops tokenisation ("raise") or is left out and reported ("skip").
 
 
 @dataclasses.dataclass(frozen=True)
