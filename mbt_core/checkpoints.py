@@ -17,7 +17,7 @@ from flax import serialization
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from mbt_core.config import MBTConfig
-from mbt_core.model import MBT, dummy_inputs
+from mbt_core.model import MBT, dummy_inputs, param_suffix
 
 _MOD_NAME = {"spectrogram": "spec", "spec": "spec"}
 
@@ -100,8 +100,7 @@ def infer_config(flat: dict[str, np.ndarray], **overrides) -> MBTConfig:
     num_layers = max(layers) + 1
     shared = "Transformer/encoderblock_0/LayerNorm_0/scale" in flat and not any(
         k.startswith("Transformer/encoderblock_0_") for k in flat) and len(mods) > 1
-    block0 = "Transformer/encoderblock_0" + ("" if shared or mods[0] == "rgb" else f"_spectrogram" if mods[0] == "spec"
-                                             else f"_{mods[0]}")
+    block0 = "Transformer/encoderblock_0" + ("" if shared else param_suffix(mods[0]))
     heads = shape(f"{block0}/MultiHeadDotProductAttention_0/query/kernel")[1]
     mlp = shape(f"{block0}/MlpBlock_0/Dense_0/kernel")[1]
     classifier = "token" if any(k == "cls" or k.startswith("cls") for k in flat) else "gap"
@@ -110,7 +109,7 @@ def infer_config(flat: dict[str, np.ndarray], **overrides) -> MBTConfig:
                                   num_classes=shape("output_projection/kernel")[1])
     has_cls = classifier == "token"
     for m in mods:
-        sfx = "" if m == "rgb" else "_spectrogram" if m == "spec" else f"_{m}"
+        sfx = param_suffix(m)
         kernel = shape(f"embedding{sfx}/kernel")
         patches = shape(f"Transformer/posembed_input{sfx}/pos_embedding")[1] - int(has_cls)
         if m == "spec":

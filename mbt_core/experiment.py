@@ -10,7 +10,7 @@ import dataclasses
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -33,6 +33,20 @@ def fit_classes(run: RunConfig, classes: Sequence[str]) -> RunConfig:
     return run
 
 
+def validation(run: RunConfig, dataset: Any, progress: bool = True) -> Callable[[Any], dict]:
+    """A function of the parameters giving the validation split's mAP (one centred view per clip)."""
+    val = tokenised_split(dataset, run.data.val_split, run.model, 1, progress, run.data.on_error)
+    targets = dataset.labels(run.data.val_split, val.index)
+
+    def evaluate(params: Any) -> dict:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # classes without positives are reported by `mbt evaluate`
+            logits = predict(run.model, params, val, run.train.batch_size, run.model.modalities)
+            report = evaluation_report({"fused": logits["fused"]}, targets, dataset.classes, dataset.label_type)
+        return {"mAP": report["mAP"]}
+    return evaluate
+
+
 def train_run(run: RunConfig, out_dir: str | Path, progress: bool = True) -> None:
     """Train `run` on its data directory into `out_dir` (resuming when checkpoints exist)."""
     dataset = load_dataset(run.data)
@@ -46,17 +60,7 @@ def train_run(run: RunConfig, out_dir: str | Path, progress: bool = True) -> Non
         params, report = init_from_vit(state.params, run.model, run.train.init_checkpoint,
                                        run.train.init_fusion_from_posemb)
         print(report)
-    evaluate = None
-    if run.train.eval_every:
-        val = tokenised_split(dataset, run.data.val_split, run.model, 1, progress, run.data.on_error)
-        targets = dataset.labels(run.data.val_split, val.index)
-
-        def evaluate(params: Any) -> dict:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                logits = predict(run.model, params, val, run.train.batch_size, run.model.modalities)
-                report = evaluation_report({"fused": logits["fused"]}, targets, dataset.classes, dataset.label_type)
-            return {"mAP": report["mAP"]}
+    evaluate = validation(run, dataset, progress) if run.train.eval_every else None
     fit(run, out_dir, batches, batches.get_state, batches.set_state, label_type=dataset.label_type,
         steps_per_epoch=steps_per_epoch(len(split), run.train.batch_size), evaluate=evaluate, params=params,
         progress=progress)
@@ -128,6 +132,7 @@ def sweep(recipe: str, data_dir: str | Path, out_dir: str | Path, settings: Sequ
         if not (run_dir / "eval.json").exists():
             train_run(run, run_dir, progress=progress)
             evaluate_run(run_dir, run.data.test_split, progress=progress)
+        run = load_run_config(str(run_dir / "config.json"))  # as trained: the head sized to the data
         report = json.loads((run_dir / "eval.json").read_text())
         rows.append({"fusion": fusion, "fusion_layer": lf, "num_bottlenecks": b, "num_layers": run.model.num_layers,
                      "mAP": report["mAP"], "gflops": gflops(run.model), "gflops_official": gflops(run.model, "official"),

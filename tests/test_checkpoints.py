@@ -1,5 +1,4 @@
 """Official checkpoints: the reference fixtures reproduce, sizes are inferred, bad files are named."""
-import warnings
 
 import numpy as np
 import pytest

@@ -270,16 +270,16 @@ def test_layer_rollouts_end_at_the_clip_rollout(fusion, lf):
 
 def _fake_runs(monkeypatch, seeds: dict):
     """Make `load_params` / `load_dataset` / `tokenised_split` serve micro models and a hand-built split."""
-    import widgets.rollout_stepper as stepper_module
+    import mbt_core.experiment as experiment_module
 
     def load_params(run_dir, which):
         run = json.loads((Path(run_dir) / "config.json").read_text())
         cfg = MBTConfig.from_dict(run["model"])
         return RunConfig(cfg), _params(cfg, seeds.get(Path(run_dir).name, 0))
 
-    monkeypatch.setattr(stepper_module, "load_params", load_params)
-    monkeypatch.setattr(stepper_module, "load_dataset", lambda data: None)
-    monkeypatch.setattr(stepper_module, "tokenised_split", lambda *a, **k: _micro_split())
+    monkeypatch.setattr(experiment_module, "load_params", load_params)
+    monkeypatch.setattr(experiment_module, "load_dataset", lambda data: None)
+    monkeypatch.setattr(experiment_module, "tokenised_split", lambda *a, **k: _micro_split())
 
 
 def test_stepper_from_run_and_sweep_overlays(tmp_path, monkeypatch):

@@ -24,11 +24,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mbt_core.config import FUSIONS, MBTConfig
+from mbt_core.experiment import load_run_split
 from mbt_core.flops import CONVENTIONS, flops_table, gflops
 from mbt_core.flow_mask import LINK_KINDS, expand_groups, link_kinds, num_tokens, token_layout
 from mbt_core.overlay import clip_rollout, summed_overlay
 from mbt_core.recipes import load_run_config
-from widgets.rollout_stepper import clip_example, encode_png, load_run_split, png_at_width
+from widgets.rollout_stepper import clip_example, encode_png, png_at_width
 
 POWERS_OF_TWO = tuple(2 ** k for k in range(11))  # B from 1 to 1024 on a log scale
 REQUIRED = ("fusion", "fusion_layer", "num_bottlenecks", "num_layers", "mAP")
@@ -156,7 +157,8 @@ def sweep_overlays(results: str | Path | Sequence[Mapping[str, Any]], clips: Seq
     rows = load_results(results) if isinstance(results, (str, Path)) else results
     images = {}
     for row in tqdm(rows, desc="rollout overlays", unit="run", disable=not progress):
-        config, params, cached = load_run_split(row["run_dir"], split, which)
+        run, params, cached = load_run_split(row["run_dir"], split, which)
+        config = run.model
         for clip in clips:
             example, _ = clip_example(cached, clip, f"{row['run_dir']} split {split!r}")
             maps = clip_rollout(config, params, example)["maps"]

@@ -17,11 +17,10 @@ import ipywidgets as widgets
 import numpy as np
 
 from mbt_core.config import MBTConfig
-from mbt_core.experiment import load_params
 from mbt_core.cache import CachedSplit
+from mbt_core.experiment import load_run_split
 from mbt_core.overlay import attention_forward, frame_maps, frame_overlay, to_uint8
 from mbt_core.patch_grid import enlarge
-from mbt_core.pipeline import load_dataset, tokenised_split
 from mbt_core.rollout import mbt_rollout, tightness
 
 
@@ -88,13 +87,6 @@ def layer_rollouts(attention: Mapping[str, list], config: MBTConfig, modality: s
     return np.stack(maps)
 
 
-def load_run_split(run_dir: str | Path, split: str = "test",
-                   which: str = "latest") -> tuple[MBTConfig, Any, CachedSplit]:
-    """A run's model config, its latest (or best) parameters and a tokenised split of its data (one view)."""
-    run, params = load_params(run_dir, which)
-    return run.model, params, tokenised_split(load_dataset(run.data), split, run.model, 1, progress=False)
-
-
 def clip_example(cached: CachedSplit, clip: int, where: str = "split") -> tuple[dict[str, np.ndarray], str]:
     """Evaluation inputs (view 0) and id of clip number `clip` of a tokenised split."""
     if not 0 <= clip < len(cached):
@@ -127,7 +119,8 @@ class RolloutStepper(widgets.VBox):
     def from_run(cls, run_dir: str | Path, clip: int, split: str = "test", which: str = "latest",
                  **kwargs) -> "RolloutStepper":
         """The stepper of clip `clip` of a run's split: the model runs once, rollouts for every depth."""
-        config, params, cached = load_run_split(run_dir, split, which)
+        run, params, cached = load_run_split(run_dir, split, which)
+        config = run.model
         example, clip_id = clip_example(cached, clip, f"{run_dir} split {split!r}")
         maps = layer_rollouts(clip_attention(config, params, example), config)
         kwargs.setdefault("title", f"{Path(run_dir).name}: {clip_id}")
