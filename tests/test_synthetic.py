@@ -27,6 +27,7 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 from mbt_core import audio  # noqa: E402
 from mbt_core.config import MBTConfig  # noqa: E402
 from mbt_core.datasets import card_path, read_card, read_manifest  # noqa: E402
+from mbt_core.datasets.cards import SECTIONS  # noqa: E402
 from mbt_core.datasets import synthetic as synth  # noqa: E402
 from mbt_core.datasets import synthetic_media as media  # noqa: E402
 from mbt_core.tokenise import tokenise  # noqa: E402
@@ -323,6 +324,7 @@ def test_static_card_is_the_default_generated_card():
     keys = ("name", "classes", "label_type", "metric", "clip_seconds", "fps", "spectrogram", "splits",
             "licence", "source", "citation", "availability")
     assert [k for k in keys if k not in card] == []
+    assert [s for s in SECTIONS if len(card["sections"].get(s, "")) < 100] == []
     assert "700" in card["sections"]["Intended uses"]  # the temporal class is documented as a long-run class
 
 

@@ -76,7 +76,7 @@ class SynthResult:
 
 def class_kinds(kinds: Iterable[str] = KINDS) -> dict[str, str]:
     """Class name -> kind for the classes of the given kinds, in index order."""
-    kinds = tuple(kinds)
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds:
         raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {list(kinds)}")
