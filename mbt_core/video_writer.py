@@ -18,18 +18,19 @@ AUDIO_FRAME = 1024  # samples per AAC frame
 def write_video(path: str | Path, frames: np.ndarray | None, fps: float = 25.0, *,
                 times: Sequence[float] | None = None, codec: str = "libx264",
                 audio: np.ndarray | None = None, rate: int = 16000, layout: str | None = None,
-                audio_start: float = 0.0, faststart: bool = False,
+                audio_start: float = 0.0, audio_codec: str = "aac", container: str = "mp4", faststart: bool = False,
                 options: Mapping[str, str] | None = None, audio_options: Mapping[str, str] | None = None,
                 audio_bit_rate: int | None = None, metadata: Mapping[str, str] | None = None) -> Path:
-    """Write an mp4 with H.264/MPEG-4 `frames` (uint8 RGB) at `fps` or at explicit `times` (VFR), plus AAC audio.
+    """Write a video of H.264/MPEG-4 `frames` (uint8 RGB) at `fps` or at explicit `times` (VFR), plus audio.
 
-    `audio` is float32 (channels, samples) at `rate`; `frames=None` writes an audio-only file.
+    `audio` is float32 (channels, samples) at `rate` (AAC, or e.g. "pcm_s16le" in "matroska");
+    `frames=None` writes an audio-only file.
     `options` and `audio_options` go to the encoders (e.g. {"crf": "20"}, {"aac_coder": "fast"}),
     `metadata` into the container's tags.
     """
     path = Path(path)
     muxer_options = {"movflags": "+faststart"} if faststart else {}
-    with av.open(str(path), "w", format="mp4", options=muxer_options) as out:
+    with av.open(str(path), "w", format=container, options=muxer_options) as out:
         out.metadata.update(metadata or {})
         video = audio_stream = None
         if frames is not None:
@@ -42,7 +43,7 @@ def write_video(path: str | Path, frames: np.ndarray | None, fps: float = 25.0, 
         if audio is not None:
             audio = np.atleast_2d(np.asarray(audio, np.float32))
             layout = layout or {1: "mono", 2: "stereo", 6: "5.1"}[audio.shape[0]]
-            audio_stream = out.add_stream("aac", rate=rate, layout=layout, options=dict(audio_options or {}))
+            audio_stream = out.add_stream(audio_codec, rate=rate, layout=layout, options=dict(audio_options or {}))
             if audio_bit_rate:
                 audio_stream.bit_rate = audio_bit_rate
         if video is not None:
