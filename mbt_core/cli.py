@@ -53,9 +53,25 @@ def cmd_train(args: argparse.Namespace) -> None:
     from mbt_core.experiment import train_run
     from mbt_core.recipes import load_run_config
 
+    if args.distributed:  # multi-host: every host runs this same command; each reads its own data shard
+        import jax
+        jax.distributed.initialize()
+
     run = load_run_config(args.config, [f"data.dir={args.data}", *args.overrides] if args.data else args.overrides)
     train_run(run, args.out)
     print(f"trained {run.train.steps} steps into {args.out}")
+
+
+def cmd_tokenise(args: argparse.Namespace) -> None:
+    from mbt_core.pipeline import load_dataset, tokenised_split
+    from mbt_core.recipes import load_run_config
+
+    run = load_run_config(args.config, [f"data.dir={args.data}", *args.overrides])
+    dataset = load_dataset(run.data)
+    for split in args.splits or sorted(dataset.splits):
+        views = args.views or (1 if split == run.data.train_split else run.train.eval_views)
+        cached = tokenised_split(dataset, split, run.model, views, on_error=run.data.on_error)
+        print(f"{split}: {len(cached)} clips x {views} view(s) cached")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -105,8 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="recipe name (paper, synthetic-tiny) or a JSON config file")
     p.add_argument("--data", help="data directory (manifest.csv + data_card.md); sets data.dir")
     p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() (multi-host runs)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.fusion_layer=4 train.steps=300")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tokenise", help="pre-tokenise splits into the token cache (train/evaluate reuse it)")
+    p.add_argument("--config", default="synthetic-tiny", help="recipe or JSON config: fixes the geometry")
+    p.add_argument("--data", required=True)
+    p.add_argument("--splits", nargs="+", default=None, help="default: every split of the manifest")
+    p.add_argument("--views", type=int, default=None, help="views per clip (default: 1 for train, eval_views else)")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_tokenise)
 
     p = sub.add_parser("evaluate", help="evaluate a run; writes RUN_DIR/eval.json")
     p.add_argument("run_dir")

@@ -1,0 +1,56 @@
+"""Training-step throughput per fusion strategy: steps/s, clips/s, achieved GFLOP/s and MFU.
+
+One full step of `mbt_core.train` (forward, backward, clipping, optimiser update) on random inputs;
+FLOPs are 3x the forward count (one multiply-add = one FLOP), MFU is against the measured matmul rate.
+Usage: python benchmarks/train_bench.py [--presets tiny paper-b16] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+
+import jax
+import numpy as np
+
+from mbt_core.flops import gflops
+from mbt_core.model import dummy_inputs
+from mbt_core.recipes import load_run_config
+from mbt_core.train import init_state, make_train_step
+from model_bench import matmul_rate, timed
+
+
+def bench(preset: str, fusion: str, batch: int, repeats: int) -> dict[str, float]:
+    """Seconds per training step and the derived rates for one preset and fusion strategy."""
+    run = load_run_config("paper" if preset == "paper-b16" else "synthetic-tiny",
+                          [f"model.preset={preset!r}", f"model.fusion={fusion!r}", f"train.batch_size={batch}"])
+    state, tx = init_state(run, 10)
+    step = jax.jit(make_train_step(run, tx, "multi_label"))
+    rng = np.random.default_rng(0)
+    batch_arrays = {m: rng.normal(size=x.shape).astype(np.float32) for m, x in dummy_inputs(run.model, batch).items()}
+    batch_arrays["labels"] = (rng.random((batch, run.model.total_classes)) < 0.1).astype(np.float32)
+    seconds = timed(lambda s, b: step(s, b)[1]["loss"], state, batch_arrays, repeats=repeats)
+    flops = 3 * gflops(run.model) * batch
+    return {"steps_s": 1 / seconds, "clips_s": batch / seconds, "gflop_s": flops / seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "paper-b16"])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    peak = matmul_rate()
+    device = jax.devices()[0]
+    print(f"machine: {platform.node()} {device.platform} {device.device_kind}; jax {jax.__version__}; "
+          f"2048^2 float32 matmul: {peak:.1f} GFLOP/s (multiply-add = 1)")
+    print("| preset | fusion | batch | steps/s | clips/s | GFLOP/s | MFU |")
+    print("|---|---|---|---|---|---|---|")
+    for preset in args.presets:
+        batch = 32 if preset == "tiny" else 2
+        for fusion in ("bottleneck", "cross_attention", "self_attention"):
+            r = bench(preset, fusion, batch, args.repeats)
+            print(f"| {preset} | {fusion} | {batch} | {r['steps_s']:.2f} | {r['clips_s']:.2f} | {r['gflop_s']:.1f} | "
+                  f"{r['gflop_s'] / peak:.0%} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
