@@ -278,3 +278,13 @@ def test_late_fusion_allows_zero_bottlenecks_and_bad_inputs_are_named():
         MBT(cfg).apply({"params": params}, {**random_inputs(cfg), "rgb": jnp.zeros((1, 2, 9, 8, 3))}, train=False)
     with pytest.raises(ValueError, match="audio"):
         MBT(cfg).apply({"params": params}, {"audio": jnp.zeros((1, 16, 8))}, train=False)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_a_third_modality_joins_every_fusion(fusion):
+    cfg = micro(modalities=("spec", "rgb", "flow"), fusion=fusion)
+    params, x = init(cfg), random_inputs(cfg)
+    assert x["flow"].shape[-1] == 2 and "embedding_flow" in params
+    logits, aux = MBT(cfg).apply({"params": params}, x, train=False)
+    assert set(aux["per_modality"]) == {"spec", "rgb", "flow"}
+    np.testing.assert_allclose(logits, sum(aux["per_modality"].values()) / 3, atol=1e-6)
