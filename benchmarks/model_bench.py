@@ -37,7 +37,7 @@ def matmul_rate(n: int = 2048, repeats: int = 3) -> float:
 def bench(config: MBTConfig, batch: int, repeats: int) -> dict[str, float]:
     """Clips/s and GFLOP/s of the forward and the forward+backward pass of one config."""
     model, x = MBT(config), dummy_inputs(config, batch)
-    params = jax.jit(lambda: model.init(jax.random.PRNGKey(0), x, train=False))()
+    params = jax.jit(lambda: model.init(jax.random.PRNGKey(0), x, train=False)["params"])()
     forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False)[0])
     loss = lambda p, x: jnp.mean(model.apply({"params": p}, x, train=False)[0] ** 2)
     backward = jax.jit(jax.grad(loss))
