@@ -160,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "pairing_temporal (default: all)")
     p.add_argument("--workers", type=int, default=2, help="worker processes")
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("suite", help="the whole story: data, runs, sweep, executed notebooks, DIR/index.html")
+    p.add_argument("--out", default="mbt_suite")
+    p.add_argument("--quick", action="store_true", help="a tiny data set and a few steps per run (smoke test)")
+    p.set_defaults(func=cmd_suite)
     return parser
 
 

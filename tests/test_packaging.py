@@ -35,3 +35,12 @@ def test_console_script_and_packages_declared():
     assert project["project"]["scripts"]["mbt"] == "mbt_core.cli:main"
     assert project["project"]["name"] == "mbt"
     assert {"mbt_core*", "widgets*"} <= set(project["tool"]["setuptools"]["packages"]["find"]["include"])
+
+
+def test_every_documented_command_exists():
+    from mbt_core.cli import build_parser
+    commands = set(build_parser()._subparsers._group_actions[0].choices)
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"^mbt ([a-z]+)", readme, re.M))
+    assert documented and documented <= commands
+    assert {"flops", "synth", "tokenise", "train", "evaluate", "sweep", "suite"} <= commands
