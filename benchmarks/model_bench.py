@@ -34,6 +34,13 @@ def matmul_rate(n: int = 2048, repeats: int = 3) -> float:
     return n ** 3 / timed(mm, a, repeats=repeats) / 1e9
 
 
+def machine_line(peak: float) -> str:
+    """The machine, its devices, jax's version and the measured matmul rate, for a results table."""
+    device = jax.devices()[0]
+    return (f"machine: {platform.node()} {device.platform} {device.device_kind}, {jax.device_count()} device(s); "
+            f"jax {jax.__version__}; 2048^2 float32 matmul: {peak:.1f} GFLOP/s (multiply-add = 1)")
+
+
 def bench(config: MBTConfig, batch: int, repeats: int) -> dict[str, float]:
     """Clips/s and GFLOP/s of the forward and the forward+backward pass of one config."""
     model, x = MBT(config), dummy_inputs(config, batch)
@@ -55,9 +62,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     peak = matmul_rate()
-    device = jax.devices()[0]
-    print(f"machine: {platform.node()} {device.platform} {device.device_kind}, {jax.device_count()} device(s); "
-          f"jax {jax.__version__}; 2048^2 float32 matmul: {peak:.1f} GFLOP/s (multiply-add = 1)")
+    print(machine_line(peak))
     print("| preset | fusion | batch | GFLOPs/clip | fwd clips/s | fwd GFLOP/s | fwd+bwd clips/s | fwd+bwd GFLOP/s |"
           " fwd+bwd MFU |")
     print("|---|---|---|---|---|---|---|---|---|")

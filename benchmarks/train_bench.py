@@ -7,7 +7,6 @@ Usage: python benchmarks/train_bench.py [--presets tiny paper-b16] [--repeats 3]
 from __future__ import annotations
 
 import argparse
-import platform
 
 import jax
 import numpy as np
@@ -16,7 +15,7 @@ from mbt_core.flops import gflops
 from mbt_core.model import dummy_inputs
 from mbt_core.recipes import load_run_config
 from mbt_core.train import init_state, make_train_step
-from model_bench import matmul_rate, timed
+from model_bench import machine_line, matmul_rate, timed
 
 
 def bench(preset: str, fusion: str, batch: int, repeats: int) -> dict[str, float]:
@@ -39,9 +38,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     peak = matmul_rate()
-    device = jax.devices()[0]
-    print(f"machine: {platform.node()} {device.platform} {device.device_kind}; jax {jax.__version__}; "
-          f"2048^2 float32 matmul: {peak:.1f} GFLOP/s (multiply-add = 1)")
+    print(machine_line(peak))
     print("| preset | fusion | batch | steps/s | clips/s | GFLOP/s | MFU |")
     print("|---|---|---|---|---|---|---|")
     for preset in args.presets:
