@@ -66,11 +66,18 @@ def cmd_tokenise(args: argparse.Namespace) -> None:
     from mbt_core.pipeline import load_dataset, tokenised_split
     from mbt_core.recipes import load_run_config
 
+    from mbt_core.pipeline import record_statistics
+
     run = load_run_config(args.config, [f"data.dir={args.data}", *args.overrides])
     dataset = load_dataset(run.data)
+    if args.stats:  # over the raw (unnormalised) training split, recorded in the card
+        train = tokenised_split(dataset, run.data.train_split, run.model, 1, on_error=run.data.on_error)
+        stats = record_statistics(dataset, train, run.data.train_split)
+        print(f"spectrogram mean {stats['mean']:.4f}, std {stats['std']:.4f} -> {dataset.card['path']}")
     for split in args.splits or sorted(dataset.splits):
         views = args.views or (1 if split == run.data.train_split else run.train.eval_views)
-        cached = tokenised_split(dataset, split, run.model, views, on_error=run.data.on_error)
+        cached = tokenised_split(dataset, split, run.model, views, on_error=run.data.on_error,
+                                 normalise=run.data.normalise_spec)
         print(f"{split}: {len(cached)} clips x {views} view(s) cached")
 
 
@@ -130,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--splits", nargs="+", default=None, help="default: every split of the manifest")
     p.add_argument("--views", type=int, default=None, help="views per clip (default: 1 for train, eval_views else)")
+    p.add_argument("--stats", action="store_true", help="compute log-mel mean/std over the training split and "
+                   "record them in the data card (used with data.normalise_spec=True)")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_tokenise)
 

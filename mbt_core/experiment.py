@@ -33,9 +33,14 @@ def fit_classes(run: RunConfig, classes: Sequence[str]) -> RunConfig:
     return run
 
 
+def run_split(run: RunConfig, dataset: Any, split: str, views: int, progress: bool = True) -> Any:
+    """One split of a run's data, tokenised as the run's data config says (bad clips, normalisation)."""
+    return tokenised_split(dataset, split, run.model, views, progress, run.data.on_error, run.data.normalise_spec)
+
+
 def validation(run: RunConfig, dataset: Any, progress: bool = True) -> Callable[[Any], dict]:
     """A function of the parameters giving the validation split's mAP (one centred view per clip)."""
-    val = tokenised_split(dataset, run.data.val_split, run.model, 1, progress, run.data.on_error)
+    val = run_split(run, dataset, run.data.val_split, 1, progress)
     targets = dataset.labels(run.data.val_split, val.index)
 
     def evaluate(params: Any) -> dict:
@@ -51,7 +56,7 @@ def train_run(run: RunConfig, out_dir: str | Path, progress: bool = True) -> Non
     """Train `run` on its data directory into `out_dir` (resuming when checkpoints exist)."""
     dataset = load_dataset(run.data)
     run = fit_classes(run, dataset.classes)
-    split = tokenised_split(dataset, run.data.train_split, run.model, 1, progress, run.data.on_error)
+    split = run_split(run, dataset, run.data.train_split, 1, progress)
     batches = TrainIterator(split, dataset.labels(run.data.train_split, split.index), list(split.clip_ids), run.train,
                             run.model, run.model.modalities, run.data.workers)
     params = None
@@ -81,7 +86,7 @@ def load_params(run_dir: str | Path, which: str = "latest") -> tuple[RunConfig, 
 def load_run_split(run_dir: str | Path, split: str = "test", which: str = "latest") -> tuple[RunConfig, Any, Any]:
     """A run's config, its latest (or best) parameters and one split of its data, tokenised (one view)."""
     run, params = load_params(run_dir, which)
-    return run, params, tokenised_split(load_dataset(run.data), split, run.model, 1, False, run.data.on_error)
+    return run, params, run_split(run, load_dataset(run.data), split, 1, progress=False)
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "latest", progress: bool = True) -> dict:
@@ -89,7 +94,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "latest"
     run_dir = Path(run_dir)
     run, params = load_params(run_dir, which)
     dataset = load_dataset(run.data)
-    cached = tokenised_split(dataset, split, run.model, run.train.eval_views, progress, run.data.on_error)
+    cached = run_split(run, dataset, split, run.train.eval_views, progress)
     targets = dataset.labels(split, cached.index)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # excluded classes are reported in the file instead

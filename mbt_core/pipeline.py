@@ -14,13 +14,16 @@ import jax
 import numpy as np
 from absl import flags
 
+from mbt_core.audio import spectrogram_stats
 from mbt_core.augment import color_jitter, random_crop, random_flip, spec_augment
 from mbt_core.cache import CachedSplit, build_cache, limit_threads
 from mbt_core.config import MBTConfig
 from mbt_core.datasets import locate, read_card, read_manifest
+from mbt_core.datasets.cards import write_card_fields
 from mbt_core.datasets.manifest import MANIFEST_PATTERN
 from mbt_core.datasets.records import ClipRecord
 from mbt_core.recipes import DataConfig, TrainConfig
+from mbt_core.tokenise import Preprocess
 
 
 # Batches prepared ahead per process. grain's defaults (16 threads, 500 elements) would hold 500 *batches*:
@@ -71,22 +74,45 @@ def load_dataset(data: DataConfig) -> Dataset:
     return Dataset(root, splits, classes, card["label_type"], card)
 
 
+def card_statistics(dataset: Dataset) -> tuple[float, float]:
+    """The (mean, std) of log-mel values that the dataset's card records."""
+    stats = dataset.card.get("spectrogram") or {}
+    if stats.get("mean") is None or stats.get("std") is None:
+        raise ValueError(f"{dataset.card['path']}: no spectrogram mean/std recorded; run "
+                         f"`mbt tokenise --data {dataset.root} --stats` to compute them over the training split")
+    return float(stats["mean"]), float(stats["std"])
+
+
 def tokenised_split(dataset: Dataset, split: str, config: MBTConfig, num_views: int,
-                    progress: bool = True, on_error: str = "raise") -> CachedSplit:
+                    progress: bool = True, on_error: str = "raise", normalise: bool = False) -> CachedSplit:
     """A split tokenised (through the cache under `<data dir>/.token_cache`) and loaded.
 
     With on_error="skip", bad clips are left out and reported: the result's `index` and `clip_ids` say
-    which clips it holds; take their targets with `dataset.labels(split, result.index)`.
+    which clips it holds; take their targets with `dataset.labels(split, result.index)`. With `normalise`,
+    log-mel values are standardised with the statistics the data card records.
     """
     if split not in dataset.splits:
         raise ValueError(f"{dataset.root}: no split {split!r}; splits: {sorted(dataset.splits)}")
     records = dataset.splits[split]
+    preprocess = Preprocess()
+    if normalise:
+        mean, std = card_statistics(dataset)
+        preprocess = Preprocess(spec_mean=mean, spec_std=std)
     directory = build_cache(records, config, dataset.root / ".token_cache", split, num_views=num_views,
-                            progress=progress, on_error=on_error)
+                            preprocess=preprocess, progress=progress, on_error=on_error)
     cached = CachedSplit.load(directory)
     if list(cached.clip_ids) != [records[i].clip_id for i in cached.index]:
         raise ValueError(f"token cache {directory}: its clip ids do not match split {split!r} of {dataset.root}")
     return cached
+
+
+def record_statistics(dataset: Dataset, split: CachedSplit, split_name: str) -> dict[str, Any]:
+    """Compute log-mel mean/std over a tokenised (unnormalised) split and write them into the data card."""
+    mean, std = spectrogram_stats(split.spec.reshape(len(split), -1))
+    stats = {"mean": round(mean, 6), "std": round(std, 6), "split": split_name, "clips": len(split)}
+    write_card_fields(dataset.card["path"], spectrogram=stats)
+    dataset.card["spectrogram"] = stats
+    return stats
 
 
 def _augment(train: TrainConfig, image_size: int) -> Callable[[dict, np.random.Generator], dict]:

@@ -56,6 +56,7 @@ class DataConfig:
     cache: bool = True  # Pre-tokenise each split once into shards keyed by the preprocessing config.
     workers: int = 0  # grain worker processes (0: in the main process).
     on_error: str = "raise"  # A corrupt clip stops tokenisation ("raise") or is left out and reported ("skip").
+    normalise_spec: bool = False  # Standardise log-mel with the card's statistics (`mbt tokenise --stats`).
 
 
 @dataclasses.dataclass(frozen=True)

@@ -88,3 +88,16 @@ def availability_record(ids: Iterable[str], date: str | None = None) -> dict[str
     digest = hashlib.sha256("".join(f"{i}\n" for i in unique).encode("utf-8")).hexdigest()
     date = date or datetime.datetime.now(datetime.timezone.utc).date().isoformat()
     return {"date": date, "count": len(unique), "sha256": digest}
+
+
+def write_card_fields(path: str | os.PathLike, **fields: Any) -> Path:
+    """Set front-matter keys of a data card file, keeping every other key and the prose as they are."""
+    path = Path(path)
+    match = FRONT_MATTER.match(path.read_text(encoding="utf-8"))
+    if not match:
+        raise ValueError(f"{path}: a data card must start with `---` YAML front matter `---`")
+    front = yaml.safe_load(match.group(1)) or {}
+    front.update(fields)
+    text = yaml.safe_dump(front, sort_keys=False, default_flow_style=False, width=110)
+    path.write_text(f"---\n{text}---\n{match.group(2)}", encoding="utf-8")
+    return path
