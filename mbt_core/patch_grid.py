@@ -37,10 +37,3 @@ def spectrogram_image(view: View, scale: int = 2) -> np.ndarray:
 def token_counts(view: View) -> dict[str, int]:
     """Tokens the model sees for this view: RGB and spectrogram patches."""
     return {"rgb": int(np.prod(view.rgb_grid)), "spec": int(np.prod(view.spec_grid))}
-
-
-def save_png(image: np.ndarray, path: str) -> str:
-    """Write an RGB uint8 image as PNG (OpenCV stores BGR)."""
-    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {path}")
-    return str(path)

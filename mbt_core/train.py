@@ -161,8 +161,7 @@ def fit(run: RunConfig, out_dir: str | Path, batches: Iterator[dict], data_state
             if cfg.mixup_alpha > 0:
                 batch = mixup(batch, np.random.default_rng([cfg.seed, step]), cfg.mixup_alpha,
                               modality_mixup=cfg.modality_mixup, modalities=list(run.model.modalities))
-                batch.pop("mixup_partner")
-                batch = {k: v for k, v in batch.items() if not k.startswith("mixup_")}
+                batch = {k: v for k, v in batch.items() if not k.startswith("mixup_")}  # weights, partner
             new_state, metrics = step_fn(state, shard_batch(batch, mesh))
             loss = float(metrics["loss"])
             if not math.isfinite(loss):
