@@ -114,6 +114,13 @@ def cmd_suite(args: argparse.Namespace) -> None:
     print(f"open {index}")
 
 
+def cmd_notebooks(args: argparse.Namespace) -> None:
+    from mbt_core.suite import write_notebooks
+
+    written = write_notebooks(args.out, force=args.force)
+    print(f"{len(written)} notebooks -> {args.out} (open them with `jupyter lab {args.out}`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every `mbt` subcommand."""
     parser = argparse.ArgumentParser(prog="mbt", description="Multimodal Bottleneck Transformer suite")
@@ -174,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="mbt_suite")
     p.add_argument("--quick", action="store_true", help="a tiny data set and a few steps per run (smoke test)")
     p.set_defaults(func=cmd_suite)
+
+    p = sub.add_parser("notebooks", help="write the five notebooks (clean, no outputs) into DIR to open in JupyterLab")
+    p.add_argument("--out", required=True, help="folder to write them into")
+    p.add_argument("--force", action="store_true", help="overwrite copies there that were edited")
+    p.set_defaults(func=cmd_notebooks)
     return parser
 
 
@@ -182,8 +194,9 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except ValueError as err:
-        sys.exit(f"mbt {args.command}: {err}")
+    except ValueError as err:  # a user error: one line naming what is wrong, exit status 2 as argparse's
+        print(f"mbt {args.command}: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
+from mbt_core.package_files import shipped_dir
+
 NOTEBOOKS = ("01_tokenisation", "02_training", "03_per_class_ap", "04_attention_rollout", "05_fusion_explorer")
-NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOK_DIR = shipped_dir("notebooks")
 
 
 def ensure_synthetic(data_dir: str | Path, quick: bool = False, seed: int = 11, num_clips: int | None = None,
@@ -62,6 +64,23 @@ def suite_runs(sweep_dir: str | Path) -> dict[str, Path]:
     from mbt_core.experiment import variant_name
 
     return {name: Path(sweep_dir) / variant_name(*setting) for name, setting in SUITE_RUNS.items()}
+
+
+def write_notebooks(out_dir: str | Path, force: bool = False) -> list[Path]:
+    """Copy the shipped notebooks (clean, no outputs) into `out_dir`; an edited copy there is kept unless `force`."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} exists and is not a folder")
+    sources = [NOTEBOOK_DIR / f"{name}.ipynb" for name in NOTEBOOKS]
+    edited = [out_dir / s.name for s in sources
+              if (out_dir / s.name).exists() and (out_dir / s.name).read_bytes() != s.read_bytes()]
+    if edited and not force:
+        raise ValueError(f"{', '.join(map(str, edited))} differ from the shipped notebooks and would be "
+                         "overwritten; move them away or pass --force")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for source in sources:
+        (out_dir / source.name).write_bytes(source.read_bytes())
+    return [out_dir / s.name for s in sources]
 
 
 def execute_notebooks(out_dir: str | Path, parameters: dict, names: Sequence[str] = NOTEBOOKS,

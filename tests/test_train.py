@@ -1,4 +1,5 @@
 """Training: losses and schedule against closed forms, one step on mock data, SIGKILL resume, guards."""
+import functools
 import json
 import os
 import signal
@@ -152,10 +153,18 @@ def test_batch_not_divisible_across_devices_is_named():
     assert "cannot be split across 2 devices" in out
 
 
+@functools.cache
+def _collective_timeout_flag() -> str:
+    """A long CPU collective timeout (slow shared runners), where this jaxlib knows the flag (0.7.2 aborts on it)."""
+    flag = "--xla_cpu_collective_call_terminate_timeout_seconds=600"
+    probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], capture_output=True, timeout=120,
+                           env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flag))
+    return flag if probe.returncode == 0 else ""
+
+
 def _run_devices(script: str, devices: int, timeout: int = 300) -> str:
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-                         "--xla_cpu_collective_call_terminate_timeout_seconds=600")
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {_collective_timeout_flag()}")
     got = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=timeout,
                          cwd=ROOT)
     assert got.returncode == 0, got.stderr[-3000:]

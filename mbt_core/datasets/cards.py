@@ -17,6 +17,8 @@ from typing import Any, Iterable
 
 import yaml
 
+from mbt_core.package_files import shipped_dir
+
 LABEL_TYPES = ("multi_label", "single_label", "multi_head")
 SECTIONS = ("Provenance", "Intended uses", "Unsuitable uses", "Known biases and limitations",
             "Availability")
@@ -25,8 +27,8 @@ FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)(.*)\
 
 
 def cards_dir() -> Path:
-    """The folder of data cards: `$MBT_DATA_CARDS`, else `data_cards/` at the repository root."""
-    return Path(os.environ.get("MBT_DATA_CARDS") or Path(__file__).resolve().parents[2] / "data_cards")
+    """The folder of data cards: `$MBT_DATA_CARDS`, else the cards shipped with the package."""
+    return Path(os.environ.get("MBT_DATA_CARDS") or shipped_dir("data_cards"))
 
 
 def card_path(name: str | os.PathLike) -> Path:
