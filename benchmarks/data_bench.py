@@ -28,14 +28,14 @@ import av  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mbt_core import cache as cache_module  # noqa: E402
-from mbt_core.cache import CachedSplit, build_cache  # noqa: E402
 from mbt_core.config import MBTConfig  # noqa: E402
+from mbt_core.data import cache as cache_module  # noqa: E402
+from mbt_core.data.cache import CachedSplit, build_cache  # noqa: E402
+from mbt_core.data.pipeline import TrainIterator  # noqa: E402
+from mbt_core.data.tokenise import tokenise, views  # noqa: E402
 from mbt_core.datasets.records import ClipRecord  # noqa: E402
-from mbt_core.pipeline import TrainIterator  # noqa: E402
+from mbt_core.media.video_writer import write_video  # noqa: E402
 from mbt_core.recipes import TrainConfig  # noqa: E402
-from mbt_core.tokenise import tokenise, views  # noqa: E402
-from mbt_core.video_writer import write_video  # noqa: E402
 
 FPS, RATE = 25, 48000
 

@@ -1,6 +1,6 @@
 """Training-step throughput per fusion strategy: steps/s, clips/s, achieved GFLOP/s and MFU.
 
-One full step of `mbt_core.train` (forward, backward, clipping, optimiser update) on random inputs;
+One full step of `mbt_core.train.loop` (forward, backward, clipping, optimiser update) on random inputs;
 FLOPs are 3x the forward count (one multiply-add = one FLOP), MFU is against the measured matmul rate.
 Usage: python benchmarks/train_bench.py [--presets tiny paper-b16] [--repeats 3]
 """
@@ -11,10 +11,10 @@ import argparse
 import jax
 import numpy as np
 
-from mbt_core.flops import gflops
-from mbt_core.model import dummy_inputs
+from mbt_core.model.flops import gflops
+from mbt_core.model.model import dummy_inputs
 from mbt_core.recipes import load_run_config
-from mbt_core.train import init_state, make_train_step
+from mbt_core.train.loop import init_state, make_train_step
 from model_bench import machine_line, matmul_rate, timed
 
 

@@ -22,7 +22,7 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 def format_flops_table(config: MBTConfig) -> str:
     """Both FLOP conventions over L_f = 0..L side by side, with the bottleneck/cross-attention finding."""
-    from mbt_core.flops import flops_table
+    from mbt_core.model.flops import flops_table
 
     tables = {conv: flops_table(config, conv) for conv in ("official", "efficient")}
     short = {"bottleneck": "bottleneck", "cross_attention": "cross-attn", "self_attention": "self-attn"}
@@ -63,10 +63,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_tokenise(args: argparse.Namespace) -> None:
-    from mbt_core.pipeline import load_dataset, tokenised_split
+    from mbt_core.data.pipeline import load_dataset, tokenised_split
     from mbt_core.recipes import load_run_config
 
-    from mbt_core.pipeline import record_statistics
+    from mbt_core.data.pipeline import record_statistics
 
     run = load_run_config(args.config, [f"data.dir={args.data}", *args.overrides])
     dataset = load_dataset(run.data)

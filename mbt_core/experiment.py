@@ -16,12 +16,12 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from mbt_core.evaluate import evaluation_report, predict
-from mbt_core.flops import gflops
-from mbt_core.pipeline import TrainIterator, load_dataset, steps_per_epoch, tokenised_split
+from mbt_core.data.pipeline import TrainIterator, load_dataset, steps_per_epoch, tokenised_split
+from mbt_core.model.flops import gflops
+from mbt_core.model.vit_init import init_from_vit
 from mbt_core.recipes import RunConfig, load_run_config
-from mbt_core.train import checkpoint_manager, fit, init_state, restore
-from mbt_core.vit_init import init_from_vit
+from mbt_core.train.evaluate import evaluation_report, predict
+from mbt_core.train.loop import checkpoint_manager, fit, init_state, restore
 
 
 def fit_classes(run: RunConfig, classes: Sequence[str]) -> RunConfig:

@@ -1,4 +1,4 @@
-"""mbt_core.analysis: per-class AP table against a hand computation, appendix figures, HTML/PNG export."""
+"""mbt_core.analysis.per_class_ap: per-class AP table against a hand computation, appendix figures, HTML/PNG export."""
 import csv
 import json
 import sys
@@ -8,8 +8,8 @@ import warnings
 import numpy as np
 import pytest
 
-from mbt_core import analysis
-from mbt_core.evaluate import evaluation_report
+from mbt_core.analysis import per_class_ap as analysis
+from mbt_core.train.evaluate import evaluation_report
 
 CLASSES = ["dog_bark", "bicycle", "siren", "ghost", "piano"]  # "ghost" has no positives: AP None
 KINDS = {"dog_bark": "audio", "bicycle": "visual", "siren": "audio", "ghost": "visual", "piano": "pairing"}
@@ -167,7 +167,7 @@ def test_export_writes_offline_html_and_skips_png_with_a_notice(tmp_path, monkey
 
 
 def test_stream_eval_makes_late_fusion_streams_unimodal_baselines():
-    from mbt_core.analysis import per_class_table, stream_eval
+    from mbt_core.analysis.per_class_ap import per_class_table, stream_eval
     fusion = {"per_class_ap": {"a": 0.9, "b": 0.6}, "positive_rate": {"a": 0.5, "b": 0.5}}
     late = {"per_class_ap": {"a": 0.7, "b": 0.5}, "class_kinds": {"a": "audio"},
             "per_modality": {"spec": {"per_class_ap": {"a": 0.8, "b": 0.5}},

@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 
 import media  # tests/ is on sys.path: conftest
-from mbt_core import cache as cache_module
-from mbt_core import pipeline, video
-from mbt_core.cache import TRAIN_ONLY, CachedSplit, ClipError, build_cache, cache_key, stored_size
 from mbt_core.config import MBTConfig
+from mbt_core.data import cache as cache_module
+from mbt_core.data import pipeline
+from mbt_core.data.cache import TRAIN_ONLY, CachedSplit, ClipError, build_cache, cache_key, stored_size
+from mbt_core.data.pipeline import TrainIterator, load_dataset, steps_per_epoch, tokenised_split
+from mbt_core.data.tokenise import Preprocess, tokenise, views
 from mbt_core.datasets.records import ClipRecord
 from mbt_core.datasets.synthetic import generate
-from mbt_core.pipeline import TrainIterator, load_dataset, steps_per_epoch, tokenised_split
+from mbt_core.media import video
 from mbt_core.recipes import DataConfig, TrainConfig
-from mbt_core.tokenise import Preprocess, tokenise, views
 
 TINY = MBTConfig.preset("tiny")  # S = 24: frames stored at round(24 * 256 / 224) = 27
 FIELDS = ("frames", "spec", "padded", "audio_missing", "offset", "index", "clip_ids")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from mbt_core.config import MBTConfig
-from mbt_core.flow_mask import (LINK_KINDS, attention_flow_mask, group_mask, is_fused, link_kinds, num_tokens,
+from mbt_core.analysis.flow_mask import (LINK_KINDS, attention_flow_mask, group_mask, is_fused, link_kinds, num_tokens,
                                 token_layout)
 
 TINY = MBTConfig.preset("tiny", num_layers=4, fusion_layer=2, num_bottlenecks=3)

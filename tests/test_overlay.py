@@ -1,14 +1,14 @@
-"""mbt_core.overlay: rollout maps on patch grids, overlays on frames and spectrograms, PNG/MP4 export, Fig. 6 panels."""
+"""mbt_core.analysis.overlay: rollout maps on patch grids, overlays on frames and spectrograms, PNG/MP4 export, Fig. 6 panels."""
 import cv2
 import jax
 import numpy as np
 import pytest
 
-from mbt_core import overlay
-from mbt_core.cache import CachedSplit
+from mbt_core.analysis import overlay
+from mbt_core.analysis.rollout import mbt_rollout, tightness
 from mbt_core.config import MBTConfig
-from mbt_core.model import MBT, dummy_inputs
-from mbt_core.rollout import mbt_rollout, tightness
+from mbt_core.data.cache import CachedSplit
+from mbt_core.model.model import MBT, dummy_inputs
 
 
 def _model(**overrides):
@@ -148,7 +148,7 @@ def test_png_and_mp4_are_written_and_read_back(tmp_path, mid):
 
 
 def test_mp4_falls_back_to_pyav_when_opencv_cannot_write(tmp_path, monkeypatch):
-    pytest.importorskip("mbt_core.video_writer")
+    pytest.importorskip("mbt_core.media.video_writer")
 
     class Closed:
         def __init__(self, *args):

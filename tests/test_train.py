@@ -14,12 +14,12 @@ import numpy as np
 import optax
 import pytest
 
-from mbt_core.cache import CachedSplit
-from mbt_core.losses import classification_loss, mbt_loss
-from mbt_core.optim import learning_rate_schedule, make_optimizer
-from mbt_core.pipeline import TrainIterator
+from mbt_core.data.cache import CachedSplit
+from mbt_core.data.pipeline import TrainIterator
 from mbt_core.recipes import RECIPES, TrainConfig, load_run_config
-from mbt_core.train import NonFiniteLossError, fit, init_state, make_train_step
+from mbt_core.train.loop import NonFiniteLossError, fit, init_state, make_train_step
+from mbt_core.train.losses import classification_loss, mbt_loss
+from mbt_core.train.optim import learning_rate_schedule, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,14 +135,14 @@ def test_non_finite_loss_stops_with_step_and_clip_ids(tmp_path):
 
 
 def test_batch_not_divisible_across_devices_is_named():
-    from mbt_core.train import data_mesh, shard_batch
+    from mbt_core.train.loop import data_mesh, shard_batch
     mesh = data_mesh()
     if mesh.devices.size == 1:
         batch = {"x": np.zeros((3, 2))}
         assert shard_batch(batch, mesh)["x"].shape == (3, 2)
     script = textwrap.dedent("""
         import numpy as np
-        from mbt_core.train import data_mesh, shard_batch
+        from mbt_core.train.loop import data_mesh, shard_batch
         try:
             shard_batch({"x": np.zeros((3, 2))}, data_mesh())
         except ValueError as e:
@@ -168,7 +168,7 @@ def test_data_parallel_step_equals_single_device():
         sys.path.insert(0, "tests")
         from jax.sharding import Mesh
         from test_train import micro_run, mock_split
-        from mbt_core.train import init_state, make_train_step, shard_batch
+        from mbt_core.train.loop import init_state, make_train_step, shard_batch
         run = micro_run(batch_size=8)
         split, labels, _ = mock_split(run.model, n=8)
         batch = {"rgb": np.stack([split.example(i)["rgb"] for i in range(8)]), "spec": split.spec[:, 0],
@@ -194,8 +194,8 @@ RESUME_SCRIPT = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, "tests")
     from test_train import micro_run, mock_split
-    from mbt_core.pipeline import TrainIterator
-    from mbt_core.train import fit
+    from mbt_core.data.pipeline import TrainIterator
+    from mbt_core.train.loop import fit
     out, slow = sys.argv[1], float(sys.argv[2])
     run = micro_run(steps=12, checkpoint_every=3, mixup_alpha=0.3, modality_mixup=True, spec_augment=True,
                     frame_augment=True, log_every=1)

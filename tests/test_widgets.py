@@ -13,14 +13,14 @@ import pytest
 pytest.importorskip("ipywidgets")
 pytest.importorskip("plotly")
 
+from mbt_core.analysis.flow_mask import attention_flow_mask, group_mask  # noqa: E402
+from mbt_core.analysis.overlay import clip_rollout  # noqa: E402
+from mbt_core.analysis.rollout import attention_rollout  # noqa: E402
 from mbt_core.config import MBTConfig  # noqa: E402
-from mbt_core.flops import flops_table, gflops  # noqa: E402
-from mbt_core.flow_mask import attention_flow_mask, group_mask  # noqa: E402
+from mbt_core.data.cache import CachedSplit  # noqa: E402
+from mbt_core.model.flops import flops_table, gflops  # noqa: E402
+from mbt_core.model.model import MBT, dummy_inputs  # noqa: E402
 from mbt_core.recipes import RunConfig  # noqa: E402
-from mbt_core.cache import CachedSplit  # noqa: E402
-from mbt_core.model import MBT, dummy_inputs  # noqa: E402
-from mbt_core.overlay import clip_rollout  # noqa: E402
-from mbt_core.rollout import attention_rollout  # noqa: E402
 from widgets.fusion_explorer import (KIND_COLOURS, NOT_IN_SWEEP, FusionExplorer, explorer_state,  # noqa: E402
                                      load_results, sweep_overlays)
 from widgets.rollout_stepper import RolloutStepper, clip_attention, layer_rollouts  # noqa: E402

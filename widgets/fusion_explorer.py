@@ -23,11 +23,11 @@ import ipywidgets as widgets
 import numpy as np
 from tqdm.auto import tqdm
 
+from mbt_core.analysis.flow_mask import LINK_KINDS, expand_groups, link_kinds, num_tokens, token_layout
+from mbt_core.analysis.overlay import clip_rollout, summed_overlay
 from mbt_core.config import FUSIONS, MBTConfig
 from mbt_core.experiment import load_run_split
-from mbt_core.flops import CONVENTIONS, flops_table, gflops
-from mbt_core.flow_mask import LINK_KINDS, expand_groups, link_kinds, num_tokens, token_layout
-from mbt_core.overlay import clip_rollout, summed_overlay
+from mbt_core.model.flops import CONVENTIONS, flops_table, gflops
 from mbt_core.recipes import load_run_config
 from widgets.rollout_stepper import clip_example, encode_png, png_at_width
 

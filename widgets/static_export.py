@@ -22,8 +22,8 @@ import plotly.graph_objects as go
 from IPython.display import HTML
 from plotly.subplots import make_subplots
 
+from mbt_core.analysis.flow_mask import LINK_KINDS, token_layout
 from mbt_core.config import FUSIONS, MBTConfig
-from mbt_core.flow_mask import LINK_KINDS, token_layout
 from widgets.fusion_explorer import (CONVENTION_NAMES, KIND_COLOURS, bottleneck_options, explorer_state,
                                      format_gflops, load_results, sweep_config)
 

@@ -14,16 +14,16 @@ import jax
 import numpy as np
 from absl import flags
 
-from mbt_core.audio import spectrogram_stats
-from mbt_core.augment import color_jitter, random_crop, random_flip, spec_augment
-from mbt_core.cache import CachedSplit, build_cache, limit_threads
 from mbt_core.config import MBTConfig
+from mbt_core.data.augment import color_jitter, random_crop, random_flip, spec_augment
+from mbt_core.data.cache import CachedSplit, build_cache, limit_threads
+from mbt_core.data.tokenise import Preprocess
 from mbt_core.datasets import locate, read_card, read_manifest
 from mbt_core.datasets.cards import write_card_fields
 from mbt_core.datasets.manifest import MANIFEST_PATTERN
 from mbt_core.datasets.records import ClipRecord
+from mbt_core.media.audio import spectrogram_stats
 from mbt_core.recipes import DataConfig, TrainConfig
-from mbt_core.tokenise import Preprocess
 
 
 # Batches prepared ahead per process. grain's defaults (16 threads, 500 elements) would hold 500 *batches*:

@@ -19,11 +19,11 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from mbt_core.augment import mixup
-from mbt_core.losses import mbt_loss
-from mbt_core.model import MBT, dummy_inputs
-from mbt_core.optim import make_optimizer
+from mbt_core.data.augment import mixup
+from mbt_core.model.model import MBT, dummy_inputs
 from mbt_core.recipes import RunConfig
+from mbt_core.train.losses import mbt_loss
+from mbt_core.train.optim import make_optimizer
 
 
 class NonFiniteLossError(RuntimeError):

@@ -11,9 +11,10 @@ import os
 
 import numpy as np
 
-from mbt_core import audio, augment, video
 from mbt_core.config import MBTConfig
-from mbt_core.video import MissingAudioError
+from mbt_core.data import augment
+from mbt_core.media import audio, video
+from mbt_core.media.video import MissingAudioError
 
 _TIME_TOL_S = 1e-6
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from mbt_core.tokenise import View
+from mbt_core.data.tokenise import View
 
 
 def enlarge(image: np.ndarray, factor: int) -> np.ndarray:

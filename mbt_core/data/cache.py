@@ -31,10 +31,10 @@ import numpy as np
 import threadpoolctl
 from tqdm.auto import tqdm
 
-from mbt_core import video
 from mbt_core.config import MBTConfig
+from mbt_core.data.tokenise import Preprocess, views
 from mbt_core.datasets.records import ClipRecord, check_on_error
-from mbt_core.tokenise import Preprocess, views
+from mbt_core.media import video
 
 SHARD = 128  # clips per shard
 FORMAT = 2  # 2: frames with the training margin, eval-crop offsets, clip ids, bad clips

@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mbt_core.analysis.rollout import mbt_rollout, tightness
 from mbt_core.config import MBTConfig, is_spectrogram
-from mbt_core.model import MBT
-from mbt_core.rollout import mbt_rollout, tightness
+from mbt_core.model.model import MBT
 
 COLORMAP = cv2.COLORMAP_JET
 FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -249,9 +249,9 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float) -> Path:
         if path.is_file() and path.stat().st_size > 0:
             return path
     try:
-        from mbt_core.video_writer import write_video
+        from mbt_core.media.video_writer import write_video
     except ImportError:
-        raise OSError(f"{path}: OpenCV cannot write 'mp4v' here and mbt_core.video_writer is unavailable") from None
+        raise OSError(f"{path}: OpenCV cannot write 'mp4v' here and mbt_core.media.video_writer is unavailable") from None
     return write_video(path, frames, fps)
 
 
