@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mbt_core.analysis import per_class_ap as analysis
+from mbt_core.run_dir import read_eval
 from mbt_core.train.evaluate import evaluation_report
 
 CLASSES = ["dog_bark", "bicycle", "siren", "ghost", "piano"]  # "ghost" has no positives: AP None
@@ -95,7 +96,7 @@ def test_a_real_evaluation_report_and_its_run_directory(tmp_path):
         writer = csv.writer(f)
         writer.writerow(["class", "kind", "ap", "positive_rate"])
         writer.writerows([c, KINDS[c], report["per_class_ap"][c], report["positive_rate"][c]] for c in CLASSES)
-    loaded = analysis.load_eval(run)
+    loaded = read_eval(run)
     assert loaded["class_kinds"] == KINDS
     table = analysis.per_class_table(loaded)
     assert table[-1]["class"] == "ghost" and table[-1]["excluded"]
@@ -106,10 +107,10 @@ def test_a_real_evaluation_report_and_its_run_directory(tmp_path):
         assert row["ap_fusion"] == report["per_class_ap"][row["class"]]
         assert row["kind"] == KINDS[row["class"]]
     with pytest.raises(FileNotFoundError, match="eval.json"):
-        analysis.load_eval(tmp_path)
+        read_eval(tmp_path)
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="bad.json"):
-        analysis.load_eval(tmp_path / "bad.json")
+        read_eval(tmp_path / "bad.json")
 
 
 def test_top_classes_figure_has_the_models_chance_and_the_class_order():

@@ -17,7 +17,7 @@ import pytest
 from mbt_core.data.cache import CachedSplit
 from mbt_core.data.pipeline import TrainIterator
 from mbt_core.recipes import RECIPES, TrainConfig, load_run_config
-from mbt_core.train.loop import NonFiniteLossError, fit, init_state, make_train_step
+from mbt_core.train.loop import NonFiniteLossError, TrainData, init_state, make_train_step, train_and_evaluate
 from mbt_core.train.losses import classification_loss, mbt_loss
 from mbt_core.train.optim import learning_rate_schedule, make_optimizer
 
@@ -127,10 +127,9 @@ def test_non_finite_loss_stops_with_step_and_clip_ids(tmp_path):
     run = micro_run(steps=4)
     split, labels, ids = mock_split(run.model)
     split.spec[:] = np.nan
-    it = TrainIterator(split, labels, ids, run.train, run.model, run.model.modalities)
+    it = TrainIterator(split, labels, run)
     with pytest.raises(NonFiniteLossError, match=r"step 0.*clip"):
-        fit(run, tmp_path, it, it.get_state, it.set_state, label_type="multi_label", steps_per_epoch=4,
-            progress=False)
+        train_and_evaluate(run, tmp_path, TrainData(it, "multi_label", 4), progress=False)
     assert (tmp_path / "checkpoints" / "0").exists()
 
 
@@ -195,21 +194,22 @@ RESUME_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, "tests")
     from test_train import micro_run, mock_split
     from mbt_core.data.pipeline import TrainIterator
-    from mbt_core.train.loop import fit
+    from mbt_core.train.loop import TrainData, train_and_evaluate
     out, slow = sys.argv[1], float(sys.argv[2])
     run = micro_run(steps=12, checkpoint_every=3, mixup_alpha=0.3, modality_mixup=True, spec_augment=True,
                     frame_augment=True, log_every=1)
     split, labels, ids = mock_split(run.model, n=10)
-    it = TrainIterator(split, labels, ids, run.train, run.model, run.model.modalities)
+    it = TrainIterator(split, labels, run)
 
     class Slow:
+        get_state, set_state = it.get_state, it.set_state
         def __iter__(self):
             return self
         def __next__(self):
             time.sleep(slow)
             return next(it)
 
-    fit(run, out, Slow(), it.get_state, it.set_state, label_type="multi_label", steps_per_epoch=2, progress=False)
+    train_and_evaluate(run, out, TrainData(Slow(), "multi_label", 2), progress=False)
 """)
 
 
