@@ -47,19 +47,18 @@ def sweep_config(results: Sequence[Mapping[str, Any]]) -> MBTConfig | None:
     return None
 
 
-def find_run(results: Sequence[Mapping[str, Any]], fusion: str, fusion_layer: int, num_bottlenecks: int,
-             num_layers: int) -> tuple[Mapping[str, Any] | None, str]:
-    """The sweep row of a setting and a note; B-independent settings (non-bottleneck, L_f = L) match any B."""
-    setting = (fusion, fusion_layer, num_layers)
+def find_run(results: Sequence[Mapping[str, Any]], config: MBTConfig) -> tuple[Mapping[str, Any] | None, str]:
+    """The sweep row of a config's (fusion, L_f, B, L) and a note; where B changes nothing, any B matches."""
+    setting = (config.fusion, config.fusion_layer, config.num_layers)
     same = [r for r in results if (r["fusion"], r["fusion_layer"], r["num_layers"]) == setting]
     for row in same:
-        if row["num_bottlenecks"] == num_bottlenecks:
+        if row["num_bottlenecks"] == config.num_bottlenecks:
             return row, ""
-    if same and (fusion != "bottleneck" or fusion_layer == num_layers):
+    if same and not config.has_fusion_tokens:
         return same[0], f"B does not change this model; the sweep ran it with B = {same[0]['num_bottlenecks']}"
     depths = sorted({r["num_layers"] for r in results})
-    if depths and num_layers not in depths:
-        return None, f"{NOT_IN_SWEEP} (its models have L = {depths}, this config L = {num_layers})"
+    if depths and config.num_layers not in depths:
+        return None, f"{NOT_IN_SWEEP} (its models have L = {depths}, this config L = {config.num_layers})"
     return None, NOT_IN_SWEEP
 
 
@@ -84,9 +83,7 @@ def explorer_state(config: MBTConfig, fusion: str, fusion_layer: int, num_bottle
     cell per token group (`mask_view` "groups"; exact, since the rule is constant on group pairs).
     """
     cfg = config.replace(fusion=fusion, fusion_layer=fusion_layer, num_bottlenecks=num_bottlenecks)
-    layers = {"unfused": range(0, fusion_layer), "fused": range(fusion_layer, cfg.num_layers)}
-    if len(cfg.modalities) == 1:
-        layers = {"unfused": range(0, cfg.num_layers), "fused": range(0)}
+    layers = {"unfused": cfg.unfused_layers, "fused": cfg.fused_layers}
     per_token = num_tokens(cfg) <= max_tokens
     masks = {}
     for part, span in layers.items():
@@ -105,7 +102,7 @@ def explorer_state(config: MBTConfig, fusion: str, fusion_layer: int, num_bottle
         "run": None, "run_note": "no sweep results given", "mAP": None, "mAP_by_kind": {},
     }
     if results is not None:
-        run, note = find_run(results, fusion, fusion_layer, num_bottlenecks, cfg.num_layers)
+        run, note = find_run(results, cfg)
         state.update(run=run, run_note=note)
         if run is not None:
             state["mAP"] = run["mAP"]
@@ -258,7 +255,7 @@ class FusionExplorer(widgets.VBox):
         """Recompute the state of the current setting and update every output."""
         s = self.state = explorer_state(self.config, self.fusion.value, self.fusion_layer.value,
                                         self.num_bottlenecks.value, self.results, self.max_tokens)
-        self.num_bottlenecks.disabled = self.fusion.value != "bottleneck"
+        self.num_bottlenecks.disabled = not s["config"].has_fusion_tokens  # B changes nothing
         for part, span in s["layers"].items():
             panel = self.mask_panels[part]
             panel.layout.display = "flex" if span else "none"
