@@ -12,6 +12,7 @@ from typing import Any, Mapping
 FUSIONS = ("bottleneck", "cross_attention", "self_attention")
 UPDATES = ("mean", "asymmetric")
 CLASSIFIERS = ("token", "gap")
+LABEL_TYPES = ("multi_label", "single_label", "multi_head")  # a data card's `label_type`; the loss follows it
 
 
 def is_spectrogram(modality: str) -> bool:

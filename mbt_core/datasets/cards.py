@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 import yaml
 
-LABEL_TYPES = ("multi_label", "single_label", "multi_head")
+from mbt_core.config import LABEL_TYPES
 SECTIONS = ("Provenance", "Intended uses", "Unsuitable uses", "Known biases and limitations",
             "Availability")
 ALIASES = {"epic": "epic_kitchens_100", "epic_kitchens": "epic_kitchens_100"}
