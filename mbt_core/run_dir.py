@@ -31,6 +31,18 @@ def _relative_if_shared(path: Path, start: Path) -> str:
     return os.path.relpath(path, start) if common != Path(common.anchor) else str(path)
 
 
+def _read_json(path: str | Path, name: str, missing: str) -> tuple[Path, Any]:
+    """The file (`path`, or `name` in the directory `path`) and its JSON; a missing or bad file is named."""
+    path = Path(path)
+    file = path / name if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: {missing}")
+    try:
+        return file, json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file}: not valid JSON ({e})") from None
+
+
 # ----- config.json -----
 def write_config(run_dir: str | Path, run: RunConfig) -> Path:
     """Write `config.json`: the resolved RunConfig, `data.dir` relative to the run directory where it can be."""
@@ -52,14 +64,7 @@ def read_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     A relative `data.dir` is relative to the run directory; where nothing is there (the run directory was
     moved on its own), the absolute path recorded when it was written is used if it still exists.
     """
-    path = Path(path)
-    file = path / CONFIG if path.is_dir() else path
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: no run configuration (is {file.parent} a run directory?)")
-    try:
-        tree = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{file}: not valid JSON ({e})") from None
+    file, tree = _read_json(path, CONFIG, "no run configuration (is this a run directory?)")
     if not isinstance(tree, dict):
         raise ValueError(f"{file}: expected a JSON object with model, train and data sections")
     written = tree.pop(_ABSOLUTE, {})
@@ -130,14 +135,7 @@ def write_evaluation(run_dir: str | Path, report: Mapping[str, Any], *, clip_ids
 
 def read_eval(path: str | Path) -> dict[str, Any]:
     """A run's `eval.json` (a run directory or the file), with `class_kinds` (from `per_class_ap.csv` in older runs)."""
-    path = Path(path)
-    file = path / EVAL if path.is_dir() else path
-    try:
-        report = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{file}: no eval.json (run `mbt evaluate` on the run first)") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{file}: not valid JSON ({e})") from None
+    file, report = _read_json(path, EVAL, "no eval.json (run `mbt evaluate` on the run first)")
     if not isinstance(report, dict) or not isinstance(report.get("per_class_ap"), dict):
         raise ValueError(f"{file}: an eval.json needs a `per_class_ap` mapping")
     table = file.parent / PER_CLASS_AP
@@ -175,14 +173,7 @@ def write_results(sweep_dir: str | Path, rows: Sequence[Mapping[str, Any]]) -> P
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a sweep's results.json (the file or its directory), checked, typed, `run_dir` resolved."""
-    path = Path(path)
-    file = path / RESULTS if path.is_dir() else path
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: no sweep results (expected the results.json written by `mbt sweep`)")
-    try:
-        rows = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{file}: not valid JSON ({e})") from e
+    file, rows = _read_json(path, RESULTS, "no sweep results (expected the results.json written by `mbt sweep`)")
     if not isinstance(rows, list):
         raise ValueError(f"{file}: expected a list of rows, got {type(rows).__name__}")
     checked = []
