@@ -107,11 +107,11 @@ class RunConfig:
     train: TrainConfig = TrainConfig()
     data: DataConfig = DataConfig()
 
-    def replace(self, *, model: Mapping[str, Any] = {}, train: Mapping[str, Any] = {},
-                data: Mapping[str, Any] = {}) -> "RunConfig":
+    def replace(self, *, model: Mapping[str, Any] | None = None, train: Mapping[str, Any] | None = None,
+                data: Mapping[str, Any] | None = None) -> "RunConfig":
         """A copy with fields of each section changed (`dataclasses.replace`, validated again)."""
-        return RunConfig(self.model.replace(**model), dataclasses.replace(self.train, **train),
-                         dataclasses.replace(self.data, **data))
+        return RunConfig(self.model.replace(**(model or {})), dataclasses.replace(self.train, **(train or {})),
+                         dataclasses.replace(self.data, **(data or {})))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able nested dict (what `config.json` holds)."""
@@ -230,13 +230,11 @@ def _typed(hint: Any, value: Any, text: str | None) -> Any:
 
 def field_value(section: str, name: str, value: Any, text: str | None = None) -> Any:
     """The value of `section.name` checked against the field's type; `text` (a command-line value) is parsed by it."""
-    types_ = _field_types(section)
     if section == "model" and name == "preset":  # a recipe's model preset name
         hint = str
-    elif name not in types_:
-        _known(section, {name: None})
     else:
-        hint = types_[name]
+        _known(section, {name: value})
+        hint = _field_types(section)[name]
     try:
         return _typed(hint, value, text)
     except TypeError:

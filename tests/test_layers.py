@@ -148,3 +148,12 @@ def test_the_checker_catches_violations_in_a_synthetic_tree(tmp_path):
 ])
 def test_imports_resolve_to_modules(source, expected):
     assert imported_modules(source, "mbt_core.model.model", False) == expected
+
+
+def test_the_architecture_doc_lists_every_module():
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    for path in sorted((ROOT / "mbt_core").glob("**/*.py")):
+        if path.name != "__init__.py":
+            assert path.stem in doc, f"docs/architecture.md does not list {path.relative_to(ROOT)}"
+    for package in sorted(p for p in (ROOT / "mbt_core").iterdir() if (p / "__init__.py").is_file()):
+        assert f"{package.name}/" in doc, f"docs/architecture.md does not list {package.name}/"

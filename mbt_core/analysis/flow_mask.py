@@ -2,7 +2,8 @@
 
 Token order is the joint order of `rollout.mbt_rollout`: the modalities in `config.modalities` order,
 each `[CLS, patches...]` (no CLS with the `gap` classifier), then the `fsn` tokens. Fusion tokens are
-listed only where the model creates them (bottleneck fusion, two or more modalities, L_f < L).
+listed only where the model creates them (`MBTConfig.has_fusion_tokens`: bottleneck fusion, two or more
+modalities, L_f < L).
 
 - Below L_f every modality attends only to itself (block-diagonal); the `fsn` tokens take no part yet.
 - Fused bottleneck layers (Eq. 8-9): each modality's tokens attend to their own tokens and the `fsn`
