@@ -28,14 +28,14 @@ import av  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mbt_core import cache as cache_module  # noqa: E402
-from mbt_core.cache import CachedSplit, build_cache  # noqa: E402
 from mbt_core.config import MBTConfig  # noqa: E402
+from mbt_core.data import cache as cache_module  # noqa: E402
+from mbt_core.data.cache import CachedSplit, build_cache  # noqa: E402
+from mbt_core.data.pipeline import TrainIterator  # noqa: E402
+from mbt_core.data.tokenise import tokenise, views  # noqa: E402
 from mbt_core.datasets.records import ClipRecord  # noqa: E402
-from mbt_core.pipeline import TrainIterator  # noqa: E402
-from mbt_core.recipes import TrainConfig  # noqa: E402
-from mbt_core.tokenise import tokenise, views  # noqa: E402
-from mbt_core.video_writer import write_video  # noqa: E402
+from mbt_core.media.video_writer import write_video  # noqa: E402
+from mbt_core.recipes import DataConfig, RunConfig, TrainConfig  # noqa: E402
 
 FPS, RATE = 25, 48000
 
@@ -124,8 +124,8 @@ def main() -> None:
                      *rate(lambda i: split.example(i), list(range(len(split))) * 5)))
         train = TrainConfig(batch_size=8, seed=0, frame_augment=True, spec_augment=True)
         for workers in (0, args.workers):
-            it = TrainIterator(split, np.zeros((len(split), 1), np.float32), [r.clip_id for r in records], train,
-                               config, config.modalities, workers)
+            it = TrainIterator(split, np.zeros((len(split), 1), np.float32),
+                               RunConfig(config, train, DataConfig(workers=workers)))
             # Steady state: the first batches start the workers and fill the prefetch buffers.
             per_batch, seconds = rate(lambda _: next(it), list(range(args.batches)), warmup=8)
             it.close()

@@ -9,12 +9,12 @@ Usage: python benchmarks/fusion_gate.py --data DIR --out DIR
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
-from pathlib import Path
 
-from mbt_core.experiment import sweep, variant_name
+from mbt_core.experiment import sweep
+from mbt_core.recipes import load_run_config
+from mbt_core.run_dir import read_eval
 from mbt_core.suite import ensure_synthetic
 
 VARIANTS = [("bottleneck", 1, 4), ("bottleneck", 3, 4), ("self_attention", 1, 4), ("cross_attention", 1, 4)]
@@ -26,18 +26,19 @@ def main() -> None:
     parser.add_argument("--out", default="runs/fusion_gate")
     args = parser.parse_args()
     data = ensure_synthetic(args.data, seed=11)
-    times = {}
+    base = load_run_config("synthetic-tiny").replace(data={"dir": str(data)})
+    times, run_dirs = {}, {}
     for setting in VARIANTS:
         start = time.monotonic()
-        sweep("synthetic-tiny", data, args.out, [setting], progress=False)
-        times[setting] = time.monotonic() - start
+        [row] = sweep(base, args.out, [setting], progress=False)
+        times[setting], run_dirs[setting] = time.monotonic() - start, row["run_dir"]
     print(f"machine: {platform.node()}, {platform.processor() or platform.machine()}; "
           "time includes tokenising the splits on the first variant")
     print("| fusion | L_f | train+eval s | mAP | audio | visual | pairing | pairing_temporal | pairing chance |")
     print("|---|---|---|---|---|---|---|---|---|")
     reports = {}
     for setting in VARIANTS:
-        report = reports[setting] = json.loads((Path(args.out) / variant_name(*setting) / "eval.json").read_text())
+        report = reports[setting] = read_eval(run_dirs[setting])
         k = report["mAP_by_kind"]
         print(f"| {setting[0]} | {setting[1]} | {times[setting]:.0f} | {report['mAP']:.3f} | {k['audio']:.3f} | "
               f"{k['visual']:.3f} | {k['pairing']:.3f} | {k.get('pairing_temporal', float('nan')):.3f} | "

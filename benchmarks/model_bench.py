@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from mbt_core import MBT, MBTConfig, dummy_inputs
-from mbt_core.flops import gflops
+from mbt_core.model.flops import gflops
 
 
 def timed(fn, *args, repeats: int) -> float:

@@ -1,6 +1,6 @@
 """Training-step throughput per fusion strategy: steps/s, clips/s, achieved GFLOP/s and MFU.
 
-One full step of `mbt_core.train` (forward, backward, clipping, optimiser update) on random inputs;
+One full step of `mbt_core.train.loop` (forward, backward, clipping, optimiser update) on random inputs;
 FLOPs are 3x the forward count (one multiply-add = one FLOP), MFU is against the measured matmul rate.
 Usage: python benchmarks/train_bench.py [--presets tiny paper-b16] [--repeats 3]
 """
@@ -11,17 +11,19 @@ import argparse
 import jax
 import numpy as np
 
-from mbt_core.flops import gflops
-from mbt_core.model import dummy_inputs
-from mbt_core.recipes import load_run_config
-from mbt_core.train import init_state, make_train_step
+from mbt_core.config import MBTConfig
+from mbt_core.model.flops import gflops
+from mbt_core.model.model import dummy_inputs
+from mbt_core.recipes import RunConfig, load_run_config
+from mbt_core.train.loop import init_state, make_train_step
 from model_bench import machine_line, matmul_rate, timed
 
 
 def bench(preset: str, fusion: str, batch: int, repeats: int) -> dict[str, float]:
     """Seconds per training step and the derived rates for one preset and fusion strategy."""
-    run = load_run_config("paper" if preset == "paper-b16" else "synthetic-tiny",
-                          [f"model.preset={preset!r}", f"model.fusion={fusion!r}", f"train.batch_size={batch}"])
+    recipe = load_run_config("paper" if preset == "paper-b16" else "synthetic-tiny")
+    model = MBTConfig.preset(preset, fusion=fusion, stochastic_depth=recipe.model.stochastic_depth)
+    run = RunConfig(model, recipe.train).replace(train={"batch_size": batch})
     state, tx = init_state(run, 10)
     step = jax.jit(make_train_step(run, tx, "multi_label"))
     rng = np.random.default_rng(0)

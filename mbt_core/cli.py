@@ -8,21 +8,21 @@ from mbt_core.config import FUSIONS, PRESETS, MBTConfig
 
 
 def parse_overrides(pairs: list[str]) -> dict:
-    """`key=value` strings to a dict; values parsed as Python literals where they are ones."""
-    from mbt_core.recipes import parse_value
+    """MBTConfig `field=value` strings to a dict, each value checked against the field's type."""
+    from mbt_core.recipes import parse_override
 
     out = {}
     for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
+        if "=" not in pair:
             raise ValueError(f"override {pair!r}: expected key=value")
-        out[key] = parse_value(value)
+        _, key, value = parse_override(f"model.{pair}")
+        out[key] = value
     return out
 
 
 def format_flops_table(config: MBTConfig) -> str:
     """Both FLOP conventions over L_f = 0..L side by side, with the bottleneck/cross-attention finding."""
-    from mbt_core.flops import flops_table
+    from mbt_core.model.flops import flops_table
 
     tables = {conv: flops_table(config, conv) for conv in ("official", "efficient")}
     short = {"bottleneck": "bottleneck", "cross_attention": "cross-attn", "self_attention": "self-attn"}
@@ -51,24 +51,24 @@ def cmd_flops(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from mbt_core.experiment import train_run
-    from mbt_core.recipes import load_run_config
+    from mbt_core.run_dir import load_config
 
     if args.distributed:  # multi-host: every host runs this same command; each reads its own data shard
         import jax
         jax.distributed.initialize()
 
-    run = load_run_config(args.config, [f"data.dir={args.data}", *args.overrides] if args.data else args.overrides)
+    run = load_config(args.config, args.overrides)
+    if args.data:
+        run = run.replace(data={"dir": args.data})
     train_run(run, args.out)
     print(f"trained {run.train.steps} steps into {args.out}")
 
 
 def cmd_tokenise(args: argparse.Namespace) -> None:
-    from mbt_core.pipeline import load_dataset, tokenised_split
-    from mbt_core.recipes import load_run_config
+    from mbt_core.data.pipeline import load_dataset, record_statistics, tokenised_split
+    from mbt_core.run_dir import load_config
 
-    from mbt_core.pipeline import record_statistics
-
-    run = load_run_config(args.config, [f"data.dir={args.data}", *args.overrides])
+    run = load_config(args.config, args.overrides).replace(data={"dir": args.data})
     dataset = load_dataset(run.data)
     if args.stats:  # over the raw (unnormalised) training split, recorded in the card
         train = tokenised_split(dataset, run.data.train_split, run.model, 1, on_error=run.data.on_error)
@@ -92,9 +92,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     from mbt_core.experiment import grid, sweep
+    from mbt_core.run_dir import load_config
 
-    settings = grid(args.fusions, args.fusion_layers, args.bottlenecks)
-    rows = sweep(args.config, args.data, args.out, settings, args.overrides)
+    base = load_config(args.config, args.overrides).replace(data={"dir": args.data})
+    rows = sweep(base, args.out, grid(args.fusions, args.fusion_layers, args.bottlenecks))
     print(f"{len(rows)} settings -> {args.out}/results.csv")
 
 
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except ValueError as err:  # a user error: one line naming what is wrong, exit status 2 as argparse's
+    except ValueError as err:  # bad input (config, data, file): one line, argparse's usage-error status
         print(f"mbt {args.command}: {err}", file=sys.stderr)
         sys.exit(2)
 

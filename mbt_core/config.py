@@ -12,6 +12,7 @@ from typing import Any, Mapping
 FUSIONS = ("bottleneck", "cross_attention", "self_attention")
 UPDATES = ("mean", "asymmetric")
 CLASSIFIERS = ("token", "gap")
+LABEL_TYPES = ("multi_label", "single_label", "multi_head")  # a data card's `label_type`; the loss follows it
 
 
 def is_spectrogram(modality: str) -> bool:
@@ -86,6 +87,39 @@ class MBTConfig:
     def num_fusion_tokens(self) -> int:
         """Fusion tokens actually created: B, or B+1 with the official extra token."""
         return self.num_bottlenecks + int(self.extra_fusion_token)
+
+    # ----- fusion rules (Sec. 3.2): every module asks these instead of re-deriving them -----
+    @property
+    def is_multimodal(self) -> bool:
+        """True with two or more modalities: only then can any layer fuse."""
+        return len(self.modalities) > 1
+
+    def is_fused(self, layer: int) -> bool:
+        """True when modalities exchange information in `layer` (0-based): layer >= L_f, two or more modalities."""
+        if not 0 <= layer < self.num_layers:
+            raise ValueError(f"layer {layer} must lie in 0..{self.num_layers - 1} (num_layers = {self.num_layers})")
+        return layer >= self.fusion_layer and self.is_multimodal
+
+    @property
+    def fused_layers(self) -> range:
+        """The fused layers L_f..L-1 (empty for late fusion and for one modality)."""
+        return range(self.fusion_layer if self.is_multimodal else self.num_layers, self.num_layers)
+
+    @property
+    def unfused_layers(self) -> range:
+        """The unimodal layers below the first fused one."""
+        return range(0, self.fused_layers.start)
+
+    @property
+    def has_fusion_tokens(self) -> bool:
+        """True when the model creates `fsn` tokens (bottleneck fusion with a fused layer), which is exactly
+        when B changes the model."""
+        return self.fusion == "bottleneck" and bool(self.fused_layers) and self.num_fusion_tokens > 0
+
+    @property
+    def fsn_tokens(self) -> int:
+        """Fusion tokens in the joint token order: `num_fusion_tokens` where the model creates them, else 0."""
+        return self.num_fusion_tokens if self.has_fusion_tokens else 0
 
     def channels(self, modality: str) -> int:
         """Input channels of a modality."""

@@ -5,23 +5,21 @@ one continues from its latest checkpoint.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import jax
-import numpy as np
 from tqdm.auto import tqdm
 
-from mbt_core.evaluate import evaluation_report, predict
-from mbt_core.flops import gflops
-from mbt_core.pipeline import TrainIterator, load_dataset, steps_per_epoch, tokenised_split
-from mbt_core.recipes import RunConfig, load_run_config
-from mbt_core.train import checkpoint_manager, fit, init_state, restore
-from mbt_core.vit_init import init_from_vit
+from mbt_core.data.pipeline import TrainIterator, load_dataset, steps_per_epoch, tokenised_split
+from mbt_core.model.flops import gflops
+from mbt_core.model.vit_init import init_from_vit
+from mbt_core.recipes import RunConfig
+from mbt_core.run_dir import read_config, read_eval, write_evaluation, write_results
+from mbt_core.train.evaluate import evaluation_report, predict
+from mbt_core.train.loop import TrainData, checkpoint_manager, init_state, restore, train_and_evaluate
 
 
 def fit_classes(run: RunConfig, classes: Sequence[str]) -> RunConfig:
@@ -52,29 +50,32 @@ def validation(run: RunConfig, dataset: Any, progress: bool = True) -> Callable[
     return evaluate
 
 
+def train_data(run: RunConfig, dataset: Any, progress: bool = True) -> TrainData:
+    """The training split of a run's data as the loop reads it, with validation when `train.eval_every` asks."""
+    split = run_split(run, dataset, run.data.train_split, 1, progress)
+    batches = TrainIterator(split, dataset.labels(run.data.train_split, split.index), run)
+    return TrainData(batches, dataset.label_type, steps_per_epoch(len(split), run.train.batch_size),
+                     validation(run, dataset, progress) if run.train.eval_every else None)
+
+
 def train_run(run: RunConfig, out_dir: str | Path, progress: bool = True) -> None:
     """Train `run` on its data directory into `out_dir` (resuming when checkpoints exist)."""
     dataset = load_dataset(run.data)
     run = fit_classes(run, dataset.classes)
-    split = run_split(run, dataset, run.data.train_split, 1, progress)
-    batches = TrainIterator(split, dataset.labels(run.data.train_split, split.index), list(split.clip_ids), run.train,
-                            run.model, run.model.modalities, run.data.workers)
+    data = train_data(run, dataset, progress)
     params = None
     if run.train.init_checkpoint:
         state, _ = init_state(run, 1)
         params, report = init_from_vit(state.params, run.model, run.train.init_checkpoint,
                                        run.train.init_fusion_from_posemb)
         print(report)
-    evaluate = validation(run, dataset, progress) if run.train.eval_every else None
-    fit(run, out_dir, batches, batches.get_state, batches.set_state, label_type=dataset.label_type,
-        steps_per_epoch=steps_per_epoch(len(split), run.train.batch_size), evaluate=evaluate, params=params,
-        progress=progress)
+    train_and_evaluate(run, out_dir, data, params=params, progress=progress)
 
 
 def load_params(run_dir: str | Path, which: str = "latest") -> tuple[RunConfig, Any]:
     """A run's config and its latest (or best) parameters."""
     run_dir = Path(run_dir)
-    run = load_run_config(str(run_dir / "config.json"))
+    run = read_config(run_dir)
     template = jax.eval_shape(lambda: init_state(run, 1)[0])  # shapes only: no initialisation to pay for
     manager = checkpoint_manager(run_dir / ("best" if which == "best" else "checkpoints"), 1)
     restored = restore(manager, template)
@@ -101,16 +102,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "latest"
         logits = predict(run.model, params, cached, run.train.batch_size)
         report = evaluation_report(logits, targets, dataset.classes, dataset.label_type, dataset.class_kinds())
     report.update(split=split, checkpoint=which, views=run.train.eval_views, label_type=dataset.label_type)
-    (run_dir / "eval.json").write_text(json.dumps(report, indent=2))
-    np.savez(run_dir / "scores.npz", clip_ids=np.asarray(cached.clip_ids),
-             targets=targets, classes=np.asarray(dataset.classes), **{f"logits_{k}": v for k, v in logits.items()})
-    with open(run_dir / "per_class_ap.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["class", "kind", "ap", "positive_rate", *[f"ap_{m}" for m in report.get("per_modality", {})]])
-        kinds = dataset.class_kinds()
-        for name in dataset.classes:
-            writer.writerow([name, kinds.get(name, ""), report["per_class_ap"][name], report["positive_rate"][name],
-                             *[p["per_class_ap"][name] for p in report.get("per_modality", {}).values()]])
+    write_evaluation(run_dir, report, clip_ids=cached.clip_ids, targets=targets, classes=dataset.classes,
+                     logits=logits, kinds=dataset.class_kinds())
     return report
 
 
@@ -124,28 +117,27 @@ def grid(fusions: Sequence[str], fusion_layers: Sequence[int], bottlenecks: Sequ
     return [(f, lf, b) for f in fusions for lf in fusion_layers for b in (bottlenecks if f == "bottleneck" else bottlenecks[:1])]
 
 
-def sweep(recipe: str, data_dir: str | Path, out_dir: str | Path, settings: Sequence[tuple[str, int, int]],
-          overrides: Sequence[str] = (), progress: bool = True) -> list[dict[str, Any]]:
-    """Train and evaluate every (fusion, L_f, B) setting; write `results.csv` and `results.json`."""
+def sweep(base: RunConfig, out_dir: str | Path, settings: Sequence[tuple[str, int, int]],
+          progress: bool = True) -> list[dict[str, Any]]:
+    """Train and evaluate every (fusion, L_f, B) setting of `base`; write `results.json` / `results.csv`.
+
+    Each row records its setting as data (and where its run directory is); settings already evaluated are
+    not run again.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for fusion, lf, b in tqdm(settings, desc="sweep", unit="run", disable=not progress):
-        run = load_run_config(recipe, [f"data.dir={Path(data_dir)}", *overrides, f"model.fusion={fusion}",
-                                       f"model.fusion_layer={lf}", f"model.num_bottlenecks={b}"])
+        run = base.replace(model={"fusion": fusion, "fusion_layer": lf, "num_bottlenecks": b})
         run_dir = out / variant_name(fusion, lf, b)
         if not (run_dir / "eval.json").exists():
             train_run(run, run_dir, progress=progress)
             evaluate_run(run_dir, run.data.test_split, progress=progress)
-        run = load_run_config(str(run_dir / "config.json"))  # as trained: the head sized to the data
-        report = json.loads((run_dir / "eval.json").read_text())
+        run = read_config(run_dir)  # as trained: the head sized to the data
+        report = read_eval(run_dir)
         rows.append({"fusion": fusion, "fusion_layer": lf, "num_bottlenecks": b, "num_layers": run.model.num_layers,
                      "mAP": report["mAP"], "gflops": gflops(run.model), "gflops_official": gflops(run.model, "official"),
                      **{f"mAP_{k}": v for k, v in report.get("mAP_by_kind", {}).items()},
                      "run_dir": str(run_dir)})
-    (out / "results.json").write_text(json.dumps(rows, indent=2))
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_results(out, rows)
     return rows

@@ -7,7 +7,6 @@ the suite resumes instead of starting over.
 from __future__ import annotations
 
 import html
-import json
 import time
 from pathlib import Path
 from typing import Sequence
@@ -27,43 +26,59 @@ def ensure_synthetic(data_dir: str | Path, quick: bool = False, seed: int = 11, 
 
     data_dir = Path(data_dir)
     if not (data_dir / "manifest.csv").exists():
-        generate(data_dir, num_clips=num_clips or (48 if quick else 2000), seed=seed)
+        generate(data_dir, num_clips=num_clips or (48 if quick else 2000), seed=seed, progress=progress)
     return data_dir
 
 
-def quick_overrides(quick: bool) -> list[str]:
-    """Overrides for the suite's runs: a shorter schedule than the recipe's, seconds-long when quick."""
+RECIPE = "synthetic-tiny"
+MBT_LAYER, MBT_BOTTLENECKS = 1, 4  # the suite's MBT and vanilla-fusion runs fuse from layer 1, with B = 4
+
+
+def quick_train(quick: bool) -> dict[str, int]:
+    """TrainConfig fields of the suite's runs: a shorter schedule than the recipe's, seconds-long when quick."""
     if quick:
-        return ["train.steps=12", "train.batch_size=8", "train.checkpoint_every=12", "train.log_every=2"]
-    return ["train.steps=300", "train.checkpoint_every=100"]
+        return {"steps": 12, "batch_size": 8, "checkpoint_every": 12, "log_every": 2}
+    return {"steps": 300, "checkpoint_every": 100}
 
 
-def suite_settings(quick: bool = False, num_layers: int = 3) -> list[tuple[str, int, int]]:
-    """The sweep the notebooks need: bottleneck fusion over every L_f, and vanilla fusion at L_f = 1."""
-    layers = [1, num_layers] if quick else list(range(num_layers + 1))
-    return [("bottleneck", lf, 4) for lf in layers] + [("self_attention", 1, 4)]
-
-
-# What the notebooks compare, as sweep settings: MBT, vanilla (shared-weight self-attention) fusion at the
-# same L_f, and late fusion, whose two streams are the audio-only and visual-only baselines.
-SUITE_RUNS = {"mbt": ("bottleneck", 1, 4), "vanilla": ("self_attention", 1, 4), "late": ("bottleneck", 3, 4)}
+def suite_settings(num_layers: int, quick: bool = False) -> list[tuple[str, int, int]]:
+    """The sweep the notebooks need: bottleneck fusion over every L_f (L_f = 1 and late fusion when quick),
+    and vanilla fusion at L_f = 1."""
+    layers = [MBT_LAYER, num_layers] if quick else list(range(num_layers + 1))
+    return ([("bottleneck", lf, MBT_BOTTLENECKS) for lf in layers]
+            + [("self_attention", MBT_LAYER, MBT_BOTTLENECKS)])
 
 
 def ensure_sweep(data_dir: str | Path, sweep_dir: str | Path, quick: bool = False, progress: bool = True) -> Path:
     """The suite's sweep in `sweep_dir` (results.json); settings already evaluated are not run again."""
     from mbt_core.experiment import sweep
+    from mbt_core.recipes import load_run_config
 
     sweep_dir = Path(sweep_dir)
     if not (sweep_dir / "results.json").exists():
-        sweep("synthetic-tiny", data_dir, sweep_dir, suite_settings(quick), quick_overrides(quick), progress=progress)
+        base = load_run_config(RECIPE).replace(train=quick_train(quick), data={"dir": str(data_dir)})
+        sweep(base, sweep_dir, suite_settings(base.model.num_layers, quick), progress=progress)
     return sweep_dir
 
 
 def suite_runs(sweep_dir: str | Path) -> dict[str, Path]:
-    """The run directories of MBT, vanilla fusion and late fusion inside the suite's sweep."""
-    from mbt_core.experiment import variant_name
+    """The run directories of MBT, vanilla fusion and late fusion in a sweep, found by the settings its
+    results.json records: MBT and vanilla (self-attention) fusion at L_f = 1, late fusion at L_f = L, whose
+    two streams are the audio-only and visual-only baselines."""
+    from mbt_core.run_dir import read_results
 
-    return {name: Path(sweep_dir) / variant_name(*setting) for name, setting in SUITE_RUNS.items()}
+    rows = read_results(sweep_dir)
+    wanted = {"mbt": lambda r: r["fusion"] == "bottleneck" and r["fusion_layer"] == MBT_LAYER,
+              "vanilla": lambda r: r["fusion"] == "self_attention" and r["fusion_layer"] == MBT_LAYER,
+              "late": lambda r: r["fusion_layer"] == r["num_layers"]}
+    runs = {}
+    for name, test in wanted.items():
+        found = sorted((r for r in rows if test(r) and r.get("run_dir")), key=lambda r: r["fusion"] != "bottleneck")
+        if not found:
+            raise ValueError(f"{sweep_dir}: the sweep has no {name} run (settings: "
+                             f"{[(r['fusion'], r['fusion_layer'], r['num_bottlenecks']) for r in rows]})")
+        runs[name] = Path(found[0]["run_dir"])
+    return runs
 
 
 def write_notebooks(out_dir: str | Path, force: bool = False) -> list[Path]:
@@ -119,6 +134,8 @@ def write_index(out_dir: str | Path, pages: Sequence[Path], summary: dict) -> Pa
 
 def run_suite(out_dir: str | Path = "mbt_suite", quick: bool = False, progress: bool = True) -> Path:
     """The whole story on the embedded default: data, runs, sweep, notebooks, `index.html`."""
+    from mbt_core.run_dir import read_eval
+
     out = Path(out_dir).absolute()
     start = time.monotonic()
     data = ensure_synthetic(out / "data", quick, progress=progress)
@@ -128,7 +145,7 @@ def run_suite(out_dir: str | Path = "mbt_suite", quick: bool = False, progress: 
     pages = execute_notebooks(out / "notebooks", params, progress=progress)
     summary = {}
     for name, run_dir in runs.items():
-        report = json.loads((run_dir / "eval.json").read_text())
+        report = read_eval(run_dir)
         kinds = ", ".join(f"{k} {v:.3f}" for k, v in report.get("mAP_by_kind", {}).items())
         summary[name] = f"mAP {report['mAP']:.3f} ({kinds})"
     summary["wall time"] = f"{time.monotonic() - start:.0f} s"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mbt_core.video_writer import write_video
+from mbt_core.media.video_writer import write_video
 
 __all__ = ["index_colour", "decode_index", "index_frames", "tone", "write_video"]
 

@@ -1,4 +1,4 @@
-"""mbt_core.analysis: per-class AP table against a hand computation, appendix figures, HTML/PNG export."""
+"""mbt_core.analysis.per_class_ap: per-class AP table against a hand computation, appendix figures, HTML/PNG export."""
 import csv
 import json
 import sys
@@ -8,8 +8,9 @@ import warnings
 import numpy as np
 import pytest
 
-from mbt_core import analysis
-from mbt_core.evaluate import evaluation_report
+from mbt_core.analysis import per_class_ap as analysis
+from mbt_core.run_dir import read_eval
+from mbt_core.train.evaluate import evaluation_report
 
 CLASSES = ["dog_bark", "bicycle", "siren", "ghost", "piano"]  # "ghost" has no positives: AP None
 KINDS = {"dog_bark": "audio", "bicycle": "visual", "siren": "audio", "ghost": "visual", "piano": "pairing"}
@@ -95,7 +96,7 @@ def test_a_real_evaluation_report_and_its_run_directory(tmp_path):
         writer = csv.writer(f)
         writer.writerow(["class", "kind", "ap", "positive_rate"])
         writer.writerows([c, KINDS[c], report["per_class_ap"][c], report["positive_rate"][c]] for c in CLASSES)
-    loaded = analysis.load_eval(run)
+    loaded = read_eval(run)
     assert loaded["class_kinds"] == KINDS
     table = analysis.per_class_table(loaded)
     assert table[-1]["class"] == "ghost" and table[-1]["excluded"]
@@ -106,10 +107,10 @@ def test_a_real_evaluation_report_and_its_run_directory(tmp_path):
         assert row["ap_fusion"] == report["per_class_ap"][row["class"]]
         assert row["kind"] == KINDS[row["class"]]
     with pytest.raises(FileNotFoundError, match="eval.json"):
-        analysis.load_eval(tmp_path)
+        read_eval(tmp_path)
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="bad.json"):
-        analysis.load_eval(tmp_path / "bad.json")
+        read_eval(tmp_path / "bad.json")
 
 
 def test_top_classes_figure_has_the_models_chance_and_the_class_order():
@@ -167,7 +168,7 @@ def test_export_writes_offline_html_and_skips_png_with_a_notice(tmp_path, monkey
 
 
 def test_stream_eval_makes_late_fusion_streams_unimodal_baselines():
-    from mbt_core.analysis import per_class_table, stream_eval
+    from mbt_core.analysis.per_class_ap import per_class_table, stream_eval
     fusion = {"per_class_ap": {"a": 0.9, "b": 0.6}, "positive_rate": {"a": 0.5, "b": 0.5}}
     late = {"per_class_ap": {"a": 0.7, "b": 0.5}, "class_kinds": {"a": "audio"},
             "per_modality": {"spec": {"per_class_ap": {"a": 0.8, "b": 0.5}},

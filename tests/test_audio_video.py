@@ -14,7 +14,8 @@ import librosa  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from mbt_core import audio, video  # noqa: E402
+from mbt_core.media import audio  # noqa: E402
+from mbt_core.media import video  # noqa: E402
 import media  # noqa: E402  (tests/ is on sys.path: conftest)
 
 

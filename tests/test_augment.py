@@ -10,7 +10,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from mbt_core import augment  # noqa: E402
+from mbt_core.data import augment  # noqa: E402
 
 
 def _ramp(frames=3, h=27, w=40):

@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 
 import media  # tests/ is on sys.path: conftest
-from mbt_core import cache as cache_module
-from mbt_core import pipeline, video
-from mbt_core.cache import TRAIN_ONLY, CachedSplit, ClipError, build_cache, cache_key, stored_size
 from mbt_core.config import MBTConfig
+from mbt_core.data import cache as cache_module
+from mbt_core.data import pipeline
+from mbt_core.data.cache import TRAIN_ONLY, CachedSplit, ClipError, build_cache, cache_key, stored_size
+from mbt_core.data.pipeline import TrainIterator, load_dataset, steps_per_epoch, tokenised_split
+from mbt_core.data.tokenise import Preprocess, tokenise, views
 from mbt_core.datasets.records import ClipRecord
 from mbt_core.datasets.synthetic import generate
-from mbt_core.pipeline import TrainIterator, load_dataset, steps_per_epoch, tokenised_split
-from mbt_core.recipes import DataConfig, TrainConfig
-from mbt_core.tokenise import Preprocess, tokenise, views
+from mbt_core.media import video
+from mbt_core.recipes import DataConfig, RunConfig, TrainConfig
 
 TINY = MBTConfig.preset("tiny")  # S = 24: frames stored at round(24 * 256 / 224) = 27
 FIELDS = ("frames", "spec", "padded", "audio_missing", "offset", "index", "clip_ids")
@@ -201,10 +202,10 @@ def test_bad_clip_raises_naming_the_file_or_is_skipped_with_its_label(tmp_path, 
     for row, clip_id in zip(labels, split.clip_ids):
         assert sorted(np.asarray(dataset.classes)[row > 0]) == sorted(manifest[clip_id][1])
     train = TrainConfig(batch_size=5, frame_augment=False, spec_augment=False)
+    run = RunConfig(TINY, train)
     with pytest.raises(ValueError, match="16 labels"):
-        TrainIterator(split, dataset.labels("train"), [r.clip_id for r in dataset.splits["train"]], train, TINY,
-                      ("rgb", "spec"))
-    batches = TrainIterator(split, labels, list(split.clip_ids), train, TINY, ("rgb", "spec"))
+        TrainIterator(split, dataset.labels("train"), run)
+    batches = TrainIterator(split, labels, run)
     for _ in range(3):
         batch = next(batches)
         assert bad.clip_id not in batch["clip_id"]
@@ -251,9 +252,9 @@ def mock_split(n=16, seed=0, cls=CachedSplit):
 
 
 def _iterator(seed=0, workers=0, split=None, **train):
-    split, labels, ids = split or mock_split()
+    split, labels, _ = split or mock_split()
     train = TrainConfig(batch_size=4, seed=seed, **train)
-    return TrainIterator(split, labels, ids, train, MICRO, ("rgb", "spec"), workers)
+    return TrainIterator(split, labels, RunConfig(MICRO, train, DataConfig(workers=workers)))
 
 
 def _take(it, n):

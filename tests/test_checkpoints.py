@@ -6,7 +6,7 @@ from flax import serialization
 from flax.traverse_util import unflatten_dict
 
 from mbt_core import MBT, MBTConfig
-from mbt_core.checkpoints import infer_config, load_scenic
+from mbt_core.model.checkpoints import infer_config, load_scenic
 from shared import shared_path
 
 

@@ -100,7 +100,8 @@ def test_audioset_unknown_label_names_file_line_and_id_or_is_skipped(tmp_path):
 
     with pytest.raises(AnnotationError, match=r"segs\.csv, line 5: .*/m/not_a_class"):
         read_audioset(path, labels_csv)
-    records, report = read_audioset(path, labels_csv, on_error="skip")
+    records = read_audioset(path, labels_csv, on_error="skip")
+    report = records.report
 
     assert [r.video for r in records] == ["aaaaaaaaaaa", "ccccccccccc"]
     assert report.count == 1 and report.skipped[0][0] == 5
@@ -314,7 +315,8 @@ def test_manifest_with_given_classes_keeps_their_order_and_reports_unknowns(tmp_
 
     with pytest.raises(AnnotationError, match=r"test\.csv, line 3: unknown class.*meow"):
         read_manifest(path, classes=["speech", "dog"])
-    records, classes, report = read_manifest(path, classes=["dog", "speech"], on_error="skip")
+    records, classes = read_manifest(path, classes=["dog", "speech"], on_error="skip")
+    report = records.report
 
     assert classes == ["dog", "speech"]
     assert [(r.video, r.labels) for r in records] == [("x.mp4", (1,)), ("z.mp4", ())]
@@ -424,3 +426,12 @@ def test_availability_record_matches_sort_and_sha256sum():
     assert record == {"date": "2024-01-31", "count": 300, "sha256": digest}
     assert availability_record(reversed(ids))["sha256"] == digest
     assert availability_record(ids[1:])["sha256"] != digest
+
+
+def test_readers_return_the_same_type_whatever_on_error(tmp_path):
+    path = write(tmp_path / "m.csv", "path,labels\nx.mp4,speech\n")
+    raised, _ = read_manifest(path)
+    skipped, _ = read_manifest(path, on_error="skip")
+    assert type(raised) is type(skipped) and raised == skipped and raised.report.count == skipped.report.count == 0
+    segments = read_audioset(*audioset_files())
+    assert type(segments) is type(read_audioset(*audioset_files(), on_error="skip")) and segments.report.count == 0

@@ -5,8 +5,8 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from mbt_core import MBT, MBTConfig, dummy_inputs
-from mbt_core.cache import CachedSplit
-from mbt_core.evaluate import evaluation_report, predict
+from mbt_core.data.cache import CachedSplit
+from mbt_core.train.evaluate import evaluation_report, predict
 
 
 def test_predict_averages_logits_over_views():

@@ -4,7 +4,7 @@ import pytest
 
 from mbt_core import MBT, MBTConfig, dummy_inputs
 from mbt_core.cli import main
-from mbt_core.flops import flops_breakdown, flops_table, gflops
+from mbt_core.model.flops import flops_breakdown, flops_table, gflops
 
 
 def xla_gflops(config: MBTConfig) -> float:

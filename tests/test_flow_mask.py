@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from mbt_core.config import MBTConfig
-from mbt_core.flow_mask import (LINK_KINDS, attention_flow_mask, group_mask, is_fused, link_kinds, num_tokens,
+from mbt_core.analysis.flow_mask import (LINK_KINDS, attention_flow_mask, group_mask, link_kinds, num_tokens,
                                 token_layout)
 
 TINY = MBTConfig.preset("tiny", num_layers=4, fusion_layer=2, num_bottlenecks=3)
@@ -34,7 +34,7 @@ def test_block_diagonal_below_fusion_layer(fusion):
     owner = _owner(cfg)
     expected = (owner[:, None] == owner[None, :]) & (owner[:, None] >= 0)  # fsn tokens idle below L_f
     for layer in range(cfg.fusion_layer):
-        assert not is_fused(cfg, layer)
+        assert not cfg.is_fused(layer)
         np.testing.assert_array_equal(attention_flow_mask(cfg, layer), expected)
 
 
@@ -84,7 +84,7 @@ def test_three_modalities_and_one():
     fsn = cfg.num_fusion_tokens
     assert attention_flow_mask(cfg, 0).sum() == sum(x * (x + fsn) for x in n) + fsn * (sum(n) + fsn)
     single = TINY.replace(modalities=("rgb",), fusion_layer=0)
-    assert not is_fused(single, 0) and attention_flow_mask(single, 0).all()
+    assert not single.is_fused(0) and attention_flow_mask(single, 0).all()
     assert [g.name for g in token_layout(single)] == ["rgb CLS", "rgb patches"]
 
 

@@ -1,4 +1,4 @@
-"""mbt_core.metrics against scikit-learn (the oracle) and closed forms."""
+"""mbt_core.train.metrics against scikit-learn (the oracle) and closed forms."""
 import math
 import warnings
 
@@ -7,7 +7,7 @@ import pytest
 from scipy.special import softmax
 from sklearn.metrics import average_precision_score, roc_auc_score, top_k_accuracy_score
 
-from mbt_core import metrics
+from mbt_core.train import metrics
 
 
 def _multilabel(seed, n=60, c=7, levels=None):

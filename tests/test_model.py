@@ -8,7 +8,7 @@ import pytest
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from mbt_core import MBT, MBTConfig, dummy_inputs
-from mbt_core.model import param_suffix
+from mbt_core.model.model import param_suffix
 
 FUSIONS = ["bottleneck", "cross_attention", "self_attention"]
 
@@ -100,14 +100,14 @@ def test_cross_attention_with_equal_weights_equals_self_attention(fusion_layer):
 
 def _official_cross_attention_block(block_params, own, other, cfg):
     """The official formulation: the block runs over [other, own] and keeps its own rows."""
-    from mbt_core.model import EncoderBlock
+    from mbt_core.model.model import EncoderBlock
     blk = EncoderBlock(cfg.num_heads, cfg.mlp_dim)
     y, _ = blk.apply({"params": block_params}, jnp.concatenate([other, own], axis=1), deterministic=True)
     return y[:, other.shape[1]:]
 
 
 def test_cross_attention_equals_official_joint_sequence_block():
-    from mbt_core.model import EncoderBlock
+    from mbt_core.model.model import EncoderBlock
     cfg = micro()
     key = jax.random.PRNGKey(3)
     own, other = jax.random.normal(key, (2, 5, 32)), jax.random.normal(jax.random.PRNGKey(4), (2, 7, 32))
@@ -224,7 +224,7 @@ def test_dropout_rng_needed_only_in_training():
 
 
 def test_stochastic_depth_is_linear_over_depth_and_unscaled():
-    from mbt_core.model import layer_drop_rate
+    from mbt_core.model.model import layer_drop_rate
     cfg = micro(num_layers=4, stochastic_depth=0.3)
     assert [layer_drop_rate(cfg, i) for i in range(4)] == pytest.approx([0.0, 0.1, 0.2, 0.3])
 
@@ -241,7 +241,7 @@ def test_dict_heads_split_shared_projection_in_order():
 
 
 def test_positional_embedding_resized_only_when_token_count_differs():
-    from mbt_core.model import resize_posemb
+    from mbt_core.model.model import resize_posemb
     cfg = micro(rgb_frames=2)
     params = init(cfg)
     x = random_inputs(cfg)

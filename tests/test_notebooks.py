@@ -4,6 +4,7 @@ One small synthetic set and one quick sweep (MBT, vanilla and late fusion) are m
 and shared by every notebook, as `mbt suite` shares them.
 """
 import json
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -64,3 +65,35 @@ def test_quick_outputs_are_consistent(quick_suite):
     index = write_index(root, sorted((root / "notebooks").glob("*.html")), {"runs": len(rows)})
     text = index.read_text()
     assert all(f"{name}.html" in text for name in NOTEBOOKS if (root / "notebooks" / f"{name}.html").exists())
+
+
+def test_a_moved_suite_opens_in_the_notebooks_and_widgets(quick_suite, tmp_path):
+    """The whole suite folder copied elsewhere, the original hidden: runs, data and sweep still open."""
+    from mbt_core.analysis.run_report import eval_summary, training_curves
+    from mbt_core.experiment import load_run_split
+    from mbt_core.run_dir import read_eval
+    from mbt_core.suite import suite_runs
+    from widgets.fusion_explorer import FusionExplorer
+    from widgets.rollout_stepper import RolloutStepper
+    from widgets.static_export import explorer_html
+
+    root, _ = quick_suite
+    moved = tmp_path / "unzipped" / "suite"
+    shutil.copytree(root / "data", moved / "data")
+    shutil.copytree(root / "sweep", moved / "sweep")
+    hidden = root.with_name(root.name + "-hidden")
+    root.rename(hidden)
+    try:
+        runs = suite_runs(moved / "sweep")
+        assert set(runs) == {"mbt", "vanilla", "late"} and all(moved in p.parents for p in runs.values())
+        assert read_eval(runs["late"])["mAP"] == pytest.approx(eval_summary(runs)[2]["mAP"], abs=1e-4)
+        assert len(training_curves(runs).data) >= 3
+        run, params, cached = load_run_split(runs["mbt"])
+        assert moved in Path(run.data.dir).resolve().parents or Path(run.data.dir).resolve() == (moved / "data")
+        assert len(cached) > 0
+        explorer = FusionExplorer(results=moved / "sweep")
+        assert explorer.config.num_layers == run.model.num_layers and explorer.state["mAP"] is not None
+        RolloutStepper.from_run(runs["mbt"], 0)
+        assert explorer_html(None, moved / "sweep", tmp_path / "explorer.html").stat().st_size > 0
+    finally:
+        hidden.rename(root)

@@ -1,14 +1,15 @@
-"""mbt_core.overlay: rollout maps on patch grids, overlays on frames and spectrograms, PNG/MP4 export, Fig. 6 panels."""
+"""mbt_core.analysis.overlay: rollout maps on patch grids, overlays on frames and spectrograms, PNG/MP4 export, Fig. 6 panels."""
 import cv2
 import jax
 import numpy as np
 import pytest
 
-from mbt_core import overlay
-from mbt_core.cache import CachedSplit
+from mbt_core.analysis import overlay
+from mbt_core.analysis.rollout import mbt_rollout, tightness
+from mbt_core.media.images import spectrogram_image, to_uint8
 from mbt_core.config import MBTConfig
-from mbt_core.model import MBT, dummy_inputs
-from mbt_core.rollout import mbt_rollout, tightness
+from mbt_core.data.cache import CachedSplit
+from mbt_core.model.model import MBT, dummy_inputs
 
 
 def _model(**overrides):
@@ -59,7 +60,7 @@ def test_clip_rollout_is_mbt_rollout_on_the_patch_grids(tubelet):
     np.testing.assert_allclose(result["fused_maps"]["rgb"],
                                (result["maps"]["rgb"] + result["cross_maps"]["spec"]["rgb"]) / 2)
     with pytest.raises(ValueError, match="uint8"):
-        overlay.clip_rollout(config, params, {**example, "rgb": overlay.to_uint8(example["rgb"])})
+        overlay.clip_rollout(config, params, {**example, "rgb": to_uint8(example["rgb"])})
 
 
 def test_late_fusion_cross_modal_maps_are_zero_and_mid_bottleneck_ones_are_not(mid):
@@ -76,9 +77,9 @@ def test_late_fusion_cross_modal_maps_are_zero_and_mid_bottleneck_ones_are_not(m
 
 def test_to_uint8_matches_the_cache_and_keeps_uint8():
     frames = np.array([-1.0, -0.5, 0.0, 0.999, 1.0], np.float32)
-    np.testing.assert_array_equal(overlay.to_uint8(frames), [0, 64, 128, 255, 255])
+    np.testing.assert_array_equal(to_uint8(frames), [0, 64, 128, 255, 255])
     raw = np.arange(10, dtype=np.uint8)
-    assert overlay.to_uint8(raw) is raw
+    assert to_uint8(raw) is raw
 
 
 def test_one_hot_map_is_brightest_at_its_patch():
@@ -101,7 +102,7 @@ def test_one_hot_map_is_brightest_at_its_patch():
 def test_spectrogram_overlay_puts_low_frequencies_at_the_bottom():
     spec = np.zeros((40, 16), np.float32)
     spec[:, :4] = 1.0  # loud low mel bins
-    image = overlay.spectrogram_image(spec)
+    image = spectrogram_image(spec)
     assert image.shape == (16, 40, 3) and image[-1, 0, 0] == 255 and image[0, 0, 0] == 0
     spec_map = np.zeros((5, 4))  # (time, freq) patches of 8 x 4
     spec_map[4, 0] = 1.0  # the last time patch, lowest frequency band
@@ -148,7 +149,7 @@ def test_png_and_mp4_are_written_and_read_back(tmp_path, mid):
 
 
 def test_mp4_falls_back_to_pyav_when_opencv_cannot_write(tmp_path, monkeypatch):
-    pytest.importorskip("mbt_core.video_writer")
+    pytest.importorskip("mbt_core.media.video_writer")
 
     class Closed:
         def __init__(self, *args):

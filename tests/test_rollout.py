@@ -1,11 +1,11 @@
-"""mbt_core.rollout against a loop-based NumPy reference, a token-state simulator and closed forms."""
+"""mbt_core.analysis.rollout against a loop-based NumPy reference, a token-state simulator and closed forms."""
 import math
 
 import numpy as np
 import pytest
 
+from mbt_core.analysis.rollout import attention_rollout, mbt_rollout, tightness
 from mbt_core.config import MBTConfig
-from mbt_core.rollout import attention_rollout, mbt_rollout, tightness
 
 
 def _stochastic(rng, shape):
@@ -256,7 +256,7 @@ def test_mbt_rollout_names_bad_streams():
 @pytest.mark.parametrize("fusion", ["bottleneck", "cross_attention", "self_attention"])
 def test_mbt_rollout_reads_the_model_attention(fusion):
     jax = pytest.importorskip("jax")
-    from mbt_core.model import MBT
+    from mbt_core.model.model import MBT
 
     # Three layers: with L_f = 1 the fusion tokens written at layer 1 are read at layer 2.
     cfg = MBTConfig.preset("micro", fusion=fusion, num_layers=3)

@@ -4,9 +4,9 @@ import pytest
 
 from mbt_core import MBTConfig
 from mbt_core.cli import main
+from mbt_core.data.pipeline import card_statistics, load_dataset, tokenised_split
 from mbt_core.datasets import read_card
 from mbt_core.datasets.synthetic import generate
-from mbt_core.pipeline import card_statistics, load_dataset, tokenised_split
 from mbt_core.recipes import DataConfig
 
 

@@ -24,13 +24,13 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict  # noqa: 
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
-from mbt_core import audio  # noqa: E402
 from mbt_core.config import MBTConfig  # noqa: E402
+from mbt_core.data.tokenise import tokenise  # noqa: E402
 from mbt_core.datasets import card_path, read_card, read_manifest  # noqa: E402
-from mbt_core.datasets.cards import SECTIONS  # noqa: E402
 from mbt_core.datasets import synthetic as synth  # noqa: E402
 from mbt_core.datasets import synthetic_media as media  # noqa: E402
-from mbt_core.tokenise import tokenise  # noqa: E402
+from mbt_core.datasets.cards import SECTIONS  # noqa: E402
+from mbt_core.media import audio  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VISUAL = ("circle_warm", "square_present")

@@ -14,10 +14,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import media  # noqa: E402  (tests/ is on sys.path: conftest)
-from mbt_core import audio  # noqa: E402
 from mbt_core.config import MBTConfig  # noqa: E402
-from mbt_core.tokenise import Preprocess, View, tokenise, views  # noqa: E402
-from mbt_core.video import MissingAudioError, VideoDecodeError  # noqa: E402
+from mbt_core.data.tokenise import Preprocess, View, tokenise, views  # noqa: E402
+from mbt_core.media import audio  # noqa: E402
+from mbt_core.media.video import MissingAudioError, VideoDecodeError  # noqa: E402
 
 TINY = MBTConfig.preset("tiny")  # 16 frames of 24^2, 4 s of 32-bin log-mel
 NO_AUGMENT = dict(flip=0.0, color_jitter=0.0, color_drop=0.0, spec_time_masks=0, spec_freq_masks=0)

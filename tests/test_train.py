@@ -15,12 +15,12 @@ import numpy as np
 import optax
 import pytest
 
-from mbt_core.cache import CachedSplit
-from mbt_core.losses import classification_loss, mbt_loss
-from mbt_core.optim import learning_rate_schedule, make_optimizer
-from mbt_core.pipeline import TrainIterator
+from mbt_core.data.cache import CachedSplit
+from mbt_core.data.pipeline import TrainIterator
 from mbt_core.recipes import RECIPES, TrainConfig, load_run_config
-from mbt_core.train import NonFiniteLossError, fit, init_state, make_train_step
+from mbt_core.train.loop import NonFiniteLossError, TrainData, init_state, make_train_step, train_and_evaluate
+from mbt_core.train.losses import classification_loss, mbt_loss
+from mbt_core.train.optim import learning_rate_schedule, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,22 +128,21 @@ def test_non_finite_loss_stops_with_step_and_clip_ids(tmp_path):
     run = micro_run(steps=4)
     split, labels, ids = mock_split(run.model)
     split.spec[:] = np.nan
-    it = TrainIterator(split, labels, ids, run.train, run.model, run.model.modalities)
+    it = TrainIterator(split, labels, run)
     with pytest.raises(NonFiniteLossError, match=r"step 0.*clip"):
-        fit(run, tmp_path, it, it.get_state, it.set_state, label_type="multi_label", steps_per_epoch=4,
-            progress=False)
+        train_and_evaluate(run, tmp_path, TrainData(it, "multi_label", 4), progress=False)
     assert (tmp_path / "checkpoints" / "0").exists()
 
 
 def test_batch_not_divisible_across_devices_is_named():
-    from mbt_core.train import data_mesh, shard_batch
+    from mbt_core.train.loop import data_mesh, shard_batch
     mesh = data_mesh()
     if mesh.devices.size == 1:
         batch = {"x": np.zeros((3, 2))}
         assert shard_batch(batch, mesh)["x"].shape == (3, 2)
     script = textwrap.dedent("""
         import numpy as np
-        from mbt_core.train import data_mesh, shard_batch
+        from mbt_core.train.loop import data_mesh, shard_batch
         try:
             shard_batch({"x": np.zeros((3, 2))}, data_mesh())
         except ValueError as e:
@@ -177,7 +176,7 @@ def test_data_parallel_step_equals_single_device():
         sys.path.insert(0, "tests")
         from jax.sharding import Mesh
         from test_train import micro_run, mock_split
-        from mbt_core.train import init_state, make_train_step, shard_batch
+        from mbt_core.train.loop import init_state, make_train_step, shard_batch
         run = micro_run(batch_size=8)
         split, labels, _ = mock_split(run.model, n=8)
         batch = {"rgb": np.stack([split.example(i)["rgb"] for i in range(8)]), "spec": split.spec[:, 0],
@@ -203,22 +202,23 @@ RESUME_SCRIPT = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, "tests")
     from test_train import micro_run, mock_split
-    from mbt_core.pipeline import TrainIterator
-    from mbt_core.train import fit
+    from mbt_core.data.pipeline import TrainIterator
+    from mbt_core.train.loop import TrainData, train_and_evaluate
     out, slow = sys.argv[1], float(sys.argv[2])
     run = micro_run(steps=12, checkpoint_every=3, mixup_alpha=0.3, modality_mixup=True, spec_augment=True,
                     frame_augment=True, log_every=1)
     split, labels, ids = mock_split(run.model, n=10)
-    it = TrainIterator(split, labels, ids, run.train, run.model, run.model.modalities)
+    it = TrainIterator(split, labels, run)
 
     class Slow:
+        get_state, set_state = it.get_state, it.set_state
         def __iter__(self):
             return self
         def __next__(self):
             time.sleep(slow)
             return next(it)
 
-    fit(run, out, Slow(), it.get_state, it.set_state, label_type="multi_label", steps_per_epoch=2, progress=False)
+    train_and_evaluate(run, out, TrainData(Slow(), "multi_label", 2), progress=False)
 """)
 
 

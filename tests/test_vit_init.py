@@ -5,7 +5,7 @@ import pytest
 import scipy.ndimage
 
 from mbt_core import MBT, MBTConfig, dummy_inputs
-from mbt_core.vit_init import init_from_vit
+from mbt_core.model.vit_init import init_from_vit
 
 D, HEADS, MLP, PATCH, GRID = 32, 4, 64, 4, 3  # a "ViT" of 3x3 patches of 4x4 pixels
 

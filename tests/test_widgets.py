@@ -13,16 +13,17 @@ import pytest
 pytest.importorskip("ipywidgets")
 pytest.importorskip("plotly")
 
+from mbt_core.analysis.flow_mask import attention_flow_mask, group_mask  # noqa: E402
+from mbt_core.analysis.overlay import clip_rollout  # noqa: E402
+from mbt_core.analysis.rollout import attention_rollout  # noqa: E402
 from mbt_core.config import MBTConfig  # noqa: E402
-from mbt_core.flops import flops_table, gflops  # noqa: E402
-from mbt_core.flow_mask import attention_flow_mask, group_mask  # noqa: E402
+from mbt_core.data.cache import CachedSplit  # noqa: E402
+from mbt_core.model.flops import flops_table, gflops  # noqa: E402
+from mbt_core.model.model import MBT, dummy_inputs  # noqa: E402
 from mbt_core.recipes import RunConfig  # noqa: E402
-from mbt_core.cache import CachedSplit  # noqa: E402
-from mbt_core.model import MBT, dummy_inputs  # noqa: E402
-from mbt_core.overlay import clip_rollout  # noqa: E402
-from mbt_core.rollout import attention_rollout  # noqa: E402
+from mbt_core.run_dir import read_results  # noqa: E402
 from widgets.fusion_explorer import (KIND_COLOURS, NOT_IN_SWEEP, FusionExplorer, explorer_state,  # noqa: E402
-                                     load_results, sweep_overlays)
+                                     sweep_overlays)
 from widgets.rollout_stepper import RolloutStepper, clip_attention, layer_rollouts  # noqa: E402
 
 TINY = MBTConfig.preset("tiny", num_layers=4, fusion_layer=2)
@@ -147,7 +148,7 @@ def test_explorer_reads_map_from_results(tmp_path):
     assert _numbers(ex.map_label.value) == [0.4]
     ex.fusion.value = "self_attention"
     assert NOT_IN_SWEEP in ex.map_label.value
-    assert load_results(out / "results.json")[0]["run_dir"] == str(out / "bottleneck-lf2-b4")
+    assert read_results(out / "results.json")[0]["run_dir"] == str(out / "bottleneck-lf2-b4")
 
 
 def test_explorer_flags_results_of_another_model(tmp_path):
@@ -163,12 +164,12 @@ def test_bad_results_name_file_and_row(tmp_path):
     file.write_text(json.dumps([{"fusion": "bottleneck", "fusion_layer": 1, "num_bottlenecks": 2, "num_layers": 2,
                                  "mAP": 0.1}, {"fusion": "bottleneck", "fusion_layer": 1}]))
     with pytest.raises(ValueError, match=r"results.json row 1: missing field\(s\) \['num_bottlenecks'"):
-        load_results(tmp_path)
+        read_results(tmp_path)
     file.write_text("{not json")
     with pytest.raises(ValueError, match="results.json: not valid JSON"):
-        load_results(file)
+        read_results(file)
     with pytest.raises(FileNotFoundError, match="no sweep results"):
-        load_results(tmp_path / "missing")
+        read_results(tmp_path / "missing")
 
 
 def test_explorer_overlays_per_setting_and_clip(tmp_path):

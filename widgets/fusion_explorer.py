@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import html
-import json
 import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -23,16 +22,15 @@ import ipywidgets as widgets
 import numpy as np
 from tqdm.auto import tqdm
 
+from mbt_core.analysis.flow_mask import LINK_KINDS, expand_groups, link_kinds, num_tokens, token_layout
+from mbt_core.analysis.overlay import clip_rollout, summed_overlay
 from mbt_core.config import FUSIONS, MBTConfig
 from mbt_core.experiment import load_run_split
-from mbt_core.flops import CONVENTIONS, flops_table, gflops
-from mbt_core.flow_mask import LINK_KINDS, expand_groups, link_kinds, num_tokens, token_layout
-from mbt_core.overlay import clip_rollout, summed_overlay
-from mbt_core.recipes import load_run_config
+from mbt_core.model.flops import CONVENTIONS, flops_table, gflops
+from mbt_core.run_dir import CONFIG, read_config, read_results
 from widgets.rollout_stepper import clip_example, encode_png, png_at_width
 
 POWERS_OF_TWO = tuple(2 ** k for k in range(11))  # B from 1 to 1024 on a log scale
-REQUIRED = ("fusion", "fusion_layer", "num_bottlenecks", "num_layers", "mAP")
 NOT_IN_SWEEP = "not in the sweep"
 OVERLAY_WIDTH = 320  # pixels; small frames are enlarged by a whole factor, so patches stay sharp
 # RGB colour of each LINK_KINDS code: none, within modality, through fusion tokens, cross-modal.
@@ -41,58 +39,26 @@ CONVENTION_NAMES = {"efficient": "this implementation", "official": "official co
 OverlaySource = Callable[[str, int, int, Any], "np.ndarray | None"]
 
 
-def load_results(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a sweep's results.json (the file or its directory), checked, with run_dir resolved."""
-    path = Path(path)
-    file = path / "results.json" if path.is_dir() else path
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: no sweep results (expected the results.json written by `mbt sweep`)")
-    try:
-        rows = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{file}: not valid JSON ({e})") from e
-    if not isinstance(rows, list):
-        raise ValueError(f"{file}: expected a list of rows, got {type(rows).__name__}")
-    checked = []
-    for i, row in enumerate(rows):
-        missing = [k for k in REQUIRED if not isinstance(row, dict) or k not in row]
-        if missing:
-            raise ValueError(f"{file} row {i}: missing field(s) {missing}")
-        if row["fusion"] not in FUSIONS:
-            raise ValueError(f"{file} row {i}: fusion {row['fusion']!r} is not one of {FUSIONS}")
-        row = dict(row, fusion_layer=int(row["fusion_layer"]), num_bottlenecks=int(row["num_bottlenecks"]),
-                   num_layers=int(row["num_layers"]), mAP=float(row["mAP"]))
-        if row.get("run_dir"):
-            run_dir = Path(row["run_dir"])
-            # The sweep writes run directories beside results.json; the recorded path may be relative to
-            # wherever it ran.
-            row["run_dir"] = str(run_dir if run_dir.is_absolute() or run_dir.is_dir() else file.parent / run_dir.name)
-        checked.append(row)
-    return checked
-
-
 def sweep_config(results: Sequence[Mapping[str, Any]]) -> MBTConfig | None:
     """The model config of the first run whose config.json can be read, else None."""
     for row in results:
-        file = Path(row.get("run_dir") or "") / "config.json"
-        if row.get("run_dir") and file.is_file():
-            return load_run_config(str(file)).model
+        if row.get("run_dir") and (Path(row["run_dir"]) / CONFIG).is_file():
+            return read_config(row["run_dir"]).model
     return None
 
 
-def find_run(results: Sequence[Mapping[str, Any]], fusion: str, fusion_layer: int, num_bottlenecks: int,
-             num_layers: int) -> tuple[Mapping[str, Any] | None, str]:
-    """The sweep row of a setting and a note; B-independent settings (non-bottleneck, L_f = L) match any B."""
-    setting = (fusion, fusion_layer, num_layers)
+def find_run(results: Sequence[Mapping[str, Any]], config: MBTConfig) -> tuple[Mapping[str, Any] | None, str]:
+    """The sweep row of a config's (fusion, L_f, B, L) and a note; where B changes nothing, any B matches."""
+    setting = (config.fusion, config.fusion_layer, config.num_layers)
     same = [r for r in results if (r["fusion"], r["fusion_layer"], r["num_layers"]) == setting]
     for row in same:
-        if row["num_bottlenecks"] == num_bottlenecks:
+        if row["num_bottlenecks"] == config.num_bottlenecks:
             return row, ""
-    if same and (fusion != "bottleneck" or fusion_layer == num_layers):
+    if same and not config.has_fusion_tokens:
         return same[0], f"B does not change this model; the sweep ran it with B = {same[0]['num_bottlenecks']}"
     depths = sorted({r["num_layers"] for r in results})
-    if depths and num_layers not in depths:
-        return None, f"{NOT_IN_SWEEP} (its models have L = {depths}, this config L = {num_layers})"
+    if depths and config.num_layers not in depths:
+        return None, f"{NOT_IN_SWEEP} (its models have L = {depths}, this config L = {config.num_layers})"
     return None, NOT_IN_SWEEP
 
 
@@ -117,9 +83,7 @@ def explorer_state(config: MBTConfig, fusion: str, fusion_layer: int, num_bottle
     cell per token group (`mask_view` "groups"; exact, since the rule is constant on group pairs).
     """
     cfg = config.replace(fusion=fusion, fusion_layer=fusion_layer, num_bottlenecks=num_bottlenecks)
-    layers = {"unfused": range(0, fusion_layer), "fused": range(fusion_layer, cfg.num_layers)}
-    if len(cfg.modalities) == 1:
-        layers = {"unfused": range(0, cfg.num_layers), "fused": range(0)}
+    layers = {"unfused": cfg.unfused_layers, "fused": cfg.fused_layers}
     per_token = num_tokens(cfg) <= max_tokens
     masks = {}
     for part, span in layers.items():
@@ -138,7 +102,7 @@ def explorer_state(config: MBTConfig, fusion: str, fusion_layer: int, num_bottle
         "run": None, "run_note": "no sweep results given", "mAP": None, "mAP_by_kind": {},
     }
     if results is not None:
-        run, note = find_run(results, fusion, fusion_layer, num_bottlenecks, cfg.num_layers)
+        run, note = find_run(results, cfg)
         state.update(run=run, run_note=note)
         if run is not None:
             state["mAP"] = run["mAP"]
@@ -154,7 +118,7 @@ def explorer_state(config: MBTConfig, fusion: str, fusion_layer: int, num_bottle
 def sweep_overlays(results: str | Path | Sequence[Mapping[str, Any]], clips: Sequence[int], split: str = "test",
                    which: str = "latest", progress: bool = True) -> dict[tuple, np.ndarray]:
     """Fig. 6 overlays (RGB rollout summed over frames, on the middle frame) of `clips` for every run of a sweep."""
-    rows = load_results(results) if isinstance(results, (str, Path)) else results
+    rows = read_results(results) if isinstance(results, (str, Path)) else results
     images = {}
     for row in tqdm(rows, desc="rollout overlays", unit="run", disable=not progress):
         run, params, cached = load_run_split(row["run_dir"], split, which)
@@ -250,7 +214,7 @@ class FusionExplorer(widgets.VBox):
     def __init__(self, config: MBTConfig | None = None, results: str | Path | Sequence[Mapping] | None = None,
                  overlays: Mapping[tuple, np.ndarray] | OverlaySource | None = None, clips: Sequence = (),
                  max_tokens: int = 512):
-        self.results = load_results(results) if isinstance(results, (str, Path)) else results
+        self.results = read_results(results) if isinstance(results, (str, Path)) else results
         self.config = config or (self.results and sweep_config(self.results)) or MBTConfig.preset("paper-b16")
         self.max_tokens = max_tokens
         if isinstance(overlays, Mapping):
@@ -291,7 +255,7 @@ class FusionExplorer(widgets.VBox):
         """Recompute the state of the current setting and update every output."""
         s = self.state = explorer_state(self.config, self.fusion.value, self.fusion_layer.value,
                                         self.num_bottlenecks.value, self.results, self.max_tokens)
-        self.num_bottlenecks.disabled = self.fusion.value != "bottleneck"
+        self.num_bottlenecks.disabled = not s["config"].has_fusion_tokens  # B changes nothing
         for part, span in s["layers"].items():
             panel = self.mask_panels[part]
             panel.layout.display = "flex" if span else "none"

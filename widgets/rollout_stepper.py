@@ -16,12 +16,12 @@ import cv2
 import ipywidgets as widgets
 import numpy as np
 
+from mbt_core.analysis.overlay import attention_forward, frame_maps, frame_overlay
+from mbt_core.analysis.rollout import mbt_rollout, tightness
 from mbt_core.config import MBTConfig
-from mbt_core.cache import CachedSplit
+from mbt_core.data.cache import CachedSplit
+from mbt_core.media.images import enlarge, to_uint8
 from mbt_core.experiment import load_run_split
-from mbt_core.overlay import attention_forward, frame_maps, frame_overlay, to_uint8
-from mbt_core.patch_grid import enlarge
-from mbt_core.rollout import mbt_rollout, tightness
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -22,10 +22,11 @@ import plotly.graph_objects as go
 from IPython.display import HTML
 from plotly.subplots import make_subplots
 
+from mbt_core.analysis.flow_mask import LINK_KINDS, token_layout
 from mbt_core.config import FUSIONS, MBTConfig
-from mbt_core.flow_mask import LINK_KINDS, token_layout
+from mbt_core.run_dir import read_results
 from widgets.fusion_explorer import (CONVENTION_NAMES, KIND_COLOURS, bottleneck_options, explorer_state,
-                                     format_gflops, load_results, sweep_config)
+                                     format_gflops, sweep_config)
 
 SLIDERS = ("fusion", "B", "L_f")
 # Step colours for the LINK_KINDS codes 0..3 on a 0..3 colour axis.
@@ -106,7 +107,7 @@ def _slider(name: str, values: Sequence, active: int, y: float) -> dict[str, Any
 def explorer_figure(config: MBTConfig | None = None,
                     results: str | Path | Sequence[Mapping[str, Any]] | None = None) -> go.Figure:
     """The explorer as one plotly figure with a frame per (fusion, B, L_f) setting and three sliders."""
-    rows = load_results(results) if isinstance(results, (str, Path)) else results
+    rows = read_results(results) if isinstance(results, (str, Path)) else results
     config = config or (rows and sweep_config(rows)) or MBTConfig.preset("paper-b16")
     layers = config.num_layers
     bottlenecks = bottleneck_options(config, rows or ())

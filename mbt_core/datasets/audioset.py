@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from mbt_core.datasets.records import (AnnotationError, ClipRecord, check_columns, check_span,
-                                       csv_rows, finish, parse_rows, parse_seconds)
+                                       csv_rows, parse_rows, parse_seconds)
 
 SEGMENT_COLUMNS = "YTID, start_seconds, end_seconds, positive_labels"
 
@@ -35,7 +35,7 @@ def read_audioset_classes(class_labels_csv: str | os.PathLike) -> list[tuple[str
 
 def read_audioset(segments_csv: str | os.PathLike, class_labels_csv: str | os.PathLike, *,
                   on_error: str = "raise", split: str | None = None):
-    """AudioSet segments as multi-label `ClipRecord`s; with on_error="skip", also a SkipReport."""
+    """AudioSet segments as multi-label `ClipRecord`s; rows skipped with on_error="skip" in `.report`."""
     index = {mid: i for i, (mid, _) in enumerate(read_audioset_classes(class_labels_csv))}
 
     def parse(line: int, row: list[str]) -> ClipRecord:
@@ -58,4 +58,4 @@ def read_audioset(segments_csv: str | os.PathLike, class_labels_csv: str | os.Pa
     # The re-saved form's header row is the official form's last comment line without its `#`.
     rows = ((line, row) for line, row in csv_rows(segments_csv, comments=True, skipinitialspace=True)
             if row[0] != "YTID")
-    return finish(*parse_rows(segments_csv, rows, parse, on_error), on_error)
+    return parse_rows(segments_csv, rows, parse, on_error)

@@ -17,9 +17,9 @@ from typing import Any, Iterable
 
 import yaml
 
+from mbt_core.config import LABEL_TYPES
 from mbt_core.package_files import shipped_dir
 
-LABEL_TYPES = ("multi_label", "single_label", "multi_head")
 SECTIONS = ("Provenance", "Intended uses", "Unsuitable uses", "Known biases and limitations",
             "Availability")
 ALIASES = {"epic": "epic_kitchens_100", "epic_kitchens": "epic_kitchens_100"}

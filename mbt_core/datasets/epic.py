@@ -13,7 +13,7 @@ import math
 import os
 
 from mbt_core.datasets.records import (AnnotationError, ClipRecord, HeadLabels, check_columns,
-                                       check_span, csv_rows, finish, parse_rows)
+                                       check_span, csv_rows, parse_rows)
 
 COLUMNS = ("narration_id", "video_id", "start_timestamp", "stop_timestamp", "verb_class",
            "noun_class")
@@ -65,7 +65,7 @@ def class_index(path: str | os.PathLike, line: int, field: str, value: str, coun
 def read_epic(annotations_csv: str | os.PathLike, verb_classes_csv: str | os.PathLike,
               noun_classes_csv: str | os.PathLike, *, split: str | None = None,
               on_error: str = "raise"):
-    """EPIC-100 action segments as two-head `ClipRecord`s; with on_error="skip", also a SkipReport."""
+    """EPIC-100 action segments as two-head `ClipRecord`s; rows skipped with on_error="skip" in `.report`."""
     verbs, nouns = len(read_epic_classes(verb_classes_csv)), len(read_epic_classes(noun_classes_csv))
     rows = csv_rows(annotations_csv)
     _, header = next(rows, (1, []))
@@ -86,7 +86,7 @@ def read_epic(annotations_csv: str | os.PathLike, verb_classes_csv: str | os.Pat
         return ClipRecord(field["narration_id"], start, end, labels, video=field["video_id"],
                           split=split)
 
-    return finish(*parse_rows(annotations_csv, rows, parse, on_error), on_error)
+    return parse_rows(annotations_csv, rows, parse, on_error)
 
 
 def read_epic_video_info(video_info_csv: str | os.PathLike) -> dict[str, VideoInfo]:

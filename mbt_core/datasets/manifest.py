@@ -30,7 +30,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from mbt_core.datasets.records import (AnnotationError, ClipRecord, check_on_error, check_span,
+from mbt_core.datasets.records import (AnnotationError, ClipRecord, Records, check_on_error, check_span,
                                        csv_rows, parse_rows, parse_seconds)
 
 MANIFEST_PATTERN = "{video}"
@@ -78,7 +78,7 @@ def label_names(path: str | os.PathLike, line: int, value: Any) -> tuple[str, ..
 
 def read_manifest(path: str | os.PathLike, classes: Sequence[str] | None = None, *,
                   on_error: str = "raise"):
-    """A manifest's clips and class list: (records, classes), plus a SkipReport with on_error="skip"."""
+    """A manifest's clips and class list: (records, classes); rows skipped with on_error="skip" in `records.report`."""
     check_on_error(on_error)
     known = None if classes is None else {name: i for i, name in enumerate(classes)}
 
@@ -107,10 +107,9 @@ def read_manifest(path: str | os.PathLike, classes: Sequence[str] | None = None,
         split = text(row, "split") or None
         return ClipRecord(clip_id, start, end, names, video=video, split=split)
 
-    records, report = parse_rows(path, manifest_rows(path), parse, on_error)
+    records = parse_rows(path, manifest_rows(path), parse, on_error)
     if classes is None:
         classes = sorted({name for record in records for name in record.labels})
     index = {name: i for i, name in enumerate(classes)}
-    records = [dataclasses.replace(r, labels=tuple(sorted({index[n] for n in r.labels})))
-               for r in records]
-    return (records, list(classes), report) if on_error == "skip" else (records, list(classes))
+    indexed = [dataclasses.replace(r, labels=tuple(sorted({index[n] for n in r.labels}))) for r in records]
+    return Records(indexed, records.report), list(classes)

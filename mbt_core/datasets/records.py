@@ -133,10 +133,17 @@ def check_on_error(on_error: str) -> None:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
 
 
+class Records(list):
+    """A reader's records (a list, whatever `on_error` is) and the rows it skipped (`report`; none with "raise")."""
+
+    def __init__(self, records: Iterable[ClipRecord], report: SkipReport):
+        super().__init__(records)
+        self.report = report
+
+
 def parse_rows(path: str | os.PathLike, rows: Iterable[tuple[int, Any]],
-               parse: Callable[[int, Any], ClipRecord], on_error: str
-               ) -> tuple[list[ClipRecord], SkipReport]:
-    """Parse numbered rows into records; bad rows raise, or are skipped and reported."""
+               parse: Callable[[int, Any], ClipRecord], on_error: str) -> Records:
+    """Parse numbered rows into records; bad rows raise, or are skipped and reported in `Records.report`."""
     check_on_error(on_error)
     records, skipped = [], []
     for line, row in rows:
@@ -146,12 +153,7 @@ def parse_rows(path: str | os.PathLike, rows: Iterable[tuple[int, Any]],
             if on_error == "raise":
                 raise
             skipped.append((line, e.message))
-    return records, SkipReport(str(path), tuple(skipped))
-
-
-def finish(records: list[ClipRecord], report: SkipReport, on_error: str):
-    """A reader's result: the records, plus the skip report when the caller chose to skip."""
-    return (records, report) if on_error == "skip" else records
+    return Records(records, SkipReport(str(path), tuple(skipped)))
 
 
 def check_columns(path: str | os.PathLike, line: int, row: Sequence[str],

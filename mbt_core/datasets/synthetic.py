@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from mbt_core.datasets.cards import FRONT_MATTER, card_path
 from mbt_core.datasets.synthetic_media import FPS, SAMPLE_RATE, render_audio, render_frames, sample_scene
-from mbt_core.video_writer import write_video
+from mbt_core.media.video_writer import write_video
 
 KINDS = ("audio", "visual", "pairing", "pairing_temporal")
 CLASSES = (("low_hum", "audio"), ("high_hum", "audio"), ("circle_warm", "visual"),

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from mbt_core.datasets.cards import read_card
 from mbt_core.datasets.records import (AnnotationError, ClipRecord, check_columns, csv_rows,
-                                       finish, parse_rows, parse_seconds)
+                                       parse_rows, parse_seconds)
 
 CLIP_SECONDS = 10.0
 
@@ -40,7 +40,7 @@ def parse_clip_name(path: str | os.PathLike, line: int, name: str) -> tuple[str,
 
 def read_vggsound(csv: str | os.PathLike, classes: Sequence[str] | None = None, *,
                   split: str | None = None, on_error: str = "raise"):
-    """VGGSound clips as single-label `ClipRecord`s; with on_error="skip", also a SkipReport."""
+    """VGGSound clips as single-label `ClipRecord`s; rows skipped with on_error="skip" in `.report`."""
     classes = list(read_card("vggsound")["classes"] if classes is None else classes)
     index = {name: i for i, name in enumerate(classes)}
 
@@ -61,4 +61,4 @@ def read_vggsound(csv: str | os.PathLike, classes: Sequence[str] | None = None, 
 
     headers = ("YTID", "ytid", "file")  # a re-saved copy may carry a header row
     rows = ((line, row) for line, row in csv_rows(csv, comments=True) if row[0] not in headers)
-    return finish(*parse_rows(csv, rows, parse, on_error), on_error)
+    return parse_rows(csv, rows, parse, on_error)

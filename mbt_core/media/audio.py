@@ -15,7 +15,7 @@ import av
 import librosa
 import numpy as np
 
-from mbt_core.video import MissingAudioError, VideoDecodeError
+from mbt_core.media.video import MissingAudioError, VideoDecodeError
 
 SAMPLE_RATE = 16000
 # The one log-mel of the project (AST-like, Sec. 4.2): `log(melspectrogram(y, **MEL, n_mels=mel_bins) + LOG_EPS)`.

@@ -173,9 +173,10 @@ class Transformer(nn.Module):
         mods = [m for m in cfg.modalities if m in tokens]
         det = not train
         x = {m: nn.Dropout(cfg.dropout)(self._posemb(m, tokens[m], grids[m]), deterministic=det) for m in mods}
-        # fuse_at_eval=False reproduces `test_with_bottlenecks=False`: evaluation runs unimodally.
+        # fuse_at_eval=False reproduces `test_with_bottlenecks=False`: evaluation runs unimodally; so does
+        # a call given only one of the modalities.
         fuse = len(mods) > 1 and (train or cfg.fuse_at_eval)
-        fusion_layer = cfg.fusion_layer if fuse else cfg.num_layers
+        fusion_layer = cfg.fused_layers.start if fuse else cfg.num_layers
         shared = cfg.fusion == "self_attention"
         attn: dict[str, list] = {}
         keep = (lambda s, w: attn.setdefault(s, []).append(w)) if capture_attention else (lambda s, w: None)
@@ -259,8 +260,8 @@ class MBT(nn.Module):
                 tokens[m] = jnp.concatenate([jnp.broadcast_to(cls, (tokens[m].shape[0], 1, cfg.hidden_size)),
                                              tokens[m]], axis=1)
         fsn = None
-        if cfg.fusion == "bottleneck" and cfg.fusion_layer < cfg.num_layers and len(cfg.modalities) > 1:
-            param = self.param("bottleneck", nn.initializers.normal(0.02), (1, cfg.num_fusion_tokens, cfg.hidden_size))
+        if cfg.has_fusion_tokens:
+            param = self.param("bottleneck", nn.initializers.normal(0.02), (1, cfg.fsn_tokens, cfg.hidden_size))
             batch = tokens[mods[0]].shape[0]
             fsn = jnp.broadcast_to(param, (batch, *param.shape[1:]))
         encoded, attention = Transformer(cfg, self.fusion_stop_gradient, name="Transformer")(

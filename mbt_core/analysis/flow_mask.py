@@ -2,7 +2,8 @@
 
 Token order is the joint order of `rollout.mbt_rollout`: the modalities in `config.modalities` order,
 each `[CLS, patches...]` (no CLS with the `gap` classifier), then the `fsn` tokens. Fusion tokens are
-listed only where the model creates them (bottleneck fusion, two or more modalities, L_f < L).
+listed only where the model creates them (`MBTConfig.has_fusion_tokens`: bottleneck fusion, two or more
+modalities, L_f < L).
 
 - Below L_f every modality attends only to itself (block-diagonal); the `fsn` tokens take no part yet.
 - Fused bottleneck layers (Eq. 8-9): each modality's tokens attend to their own tokens and the `fsn`
@@ -41,19 +42,6 @@ class TokenGroup(NamedTuple):
         return self.stop - self.start
 
 
-def has_fusion_tokens(config: MBTConfig) -> bool:
-    """True when the model creates `fsn` tokens: bottleneck fusion of several modalities below L_f = L."""
-    return (config.fusion == "bottleneck" and len(config.modalities) > 1
-            and config.fusion_layer < config.num_layers and config.num_fusion_tokens > 0)
-
-
-def is_fused(config: MBTConfig, layer: int) -> bool:
-    """True when modalities exchange information in `layer` (0-based): layer >= L_f with two or more modalities."""
-    if not 0 <= layer < config.num_layers:
-        raise ValueError(f"layer {layer} must lie in 0..{config.num_layers - 1} (num_layers = {config.num_layers})")
-    return layer >= config.fusion_layer and len(config.modalities) > 1
-
-
 def token_layout(config: MBTConfig) -> list[TokenGroup]:
     """The token groups in joint order with their [start, stop) spans."""
     groups, start = [], 0
@@ -64,15 +52,15 @@ def token_layout(config: MBTConfig) -> list[TokenGroup]:
         patches = config.num_patches(m)
         groups.append(TokenGroup(f"{m} patches", m, start, start + patches))
         start += patches
-    if has_fusion_tokens(config):
-        groups.append(TokenGroup(FUSION_GROUP, None, start, start + config.num_fusion_tokens))
+    if config.has_fusion_tokens:
+        groups.append(TokenGroup(FUSION_GROUP, None, start, start + config.fsn_tokens))
     return groups
 
 
 def link_kinds(config: MBTConfig, layer: int) -> np.ndarray:
     """(G, G) int codes into `LINK_KINDS`: how each query group reaches each key group in `layer`."""
     groups = token_layout(config)
-    fused = is_fused(config, layer)
+    fused = config.is_fused(layer)
     kinds = np.zeros((len(groups), len(groups)), dtype=np.int8)
     for i, q in enumerate(groups):
         for j, k in enumerate(groups):

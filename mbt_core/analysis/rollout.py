@@ -167,12 +167,12 @@ def mbt_rollout(attention: Mapping[str, Any], config: MBTConfig, head_fusion: st
     information can cross); `tokens`: the slice of each modality and of `fusion` in the joint order.
     With the `gap` classifier there is no CLS: the readout is the mean of modality m's output token rows.
     Modalities are those present in `attention`, in config order; which layers are fused is read from the
-    shapes (bottleneck fusion tokens: `config.num_fusion_tokens`; none for the other fusions).
+    shapes; fusion tokens are `config.fsn_tokens` (none where the model creates none: other fusions, L_f = L).
     """
     if not 0.0 <= discard_ratio < 1.0:
         raise ValueError(f"discard_ratio must lie in [0, 1), got {discard_ratio}")
     mods, per_mod, joint_layers = _streams(attention, config)
-    n_fsn = config.num_fusion_tokens if config.fusion == "bottleneck" else 0
+    n_fsn = config.fsn_tokens
     spans, start = {}, 0
     for m in mods:
         n = _own_tokens(m, per_mod[m], config, n_fsn)

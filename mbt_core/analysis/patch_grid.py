@@ -5,15 +5,10 @@ one RGB token spans; the spectrogram is drawn with time across and low mel bins 
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
-from mbt_core.tokenise import View
-
-
-def enlarge(image: np.ndarray, factor: int) -> np.ndarray:
-    """Nearest-neighbour enlargement, so patch edges stay one crisp line per pixel."""
-    return cv2.resize(image, (image.shape[1] * factor, image.shape[0] * factor), interpolation=cv2.INTER_NEAREST)
+from mbt_core.data.tokenise import View
+from mbt_core.media.images import enlarge
 
 
 def frames_strip(view: View, scale: int = 4, gap: int = 4) -> np.ndarray:
@@ -29,7 +24,7 @@ def frames_strip(view: View, scale: int = 4, gap: int = 4) -> np.ndarray:
     return np.concatenate(tiles[:-1], axis=1)
 
 
-def spectrogram_image(view: View, scale: int = 2) -> np.ndarray:
+def spectrogram_grid(view: View, scale: int = 2) -> np.ndarray:
     """The log-mel spectrogram with its patch grid, enlarged."""
     return enlarge(view.draw_patches("spec"), scale)
 

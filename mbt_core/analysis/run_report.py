@@ -4,17 +4,12 @@ AP's chance level is the positive rate, not 0.5, so summaries carry both.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Mapping
 
 import plotly.graph_objects as go
 
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The logged steps of a run (`metrics.jsonl`)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+from mbt_core.run_dir import EVAL, read_eval, read_metrics
 
 
 def training_curves(run_dirs: Mapping[str, str | Path]) -> go.Figure:
@@ -36,10 +31,9 @@ def eval_summary(run_dirs: Mapping[str, str | Path]) -> list[dict]:
     """One row per evaluated run: mAP, and mAP with the positive rate per class kind."""
     rows = []
     for name, run_dir in run_dirs.items():
-        path = Path(run_dir) / "eval.json"
-        if not path.exists():
+        if not (Path(run_dir) / EVAL).exists():
             continue
-        report = json.loads(path.read_text())
+        report = read_eval(run_dir)
         row = {"run": name, "mAP": round(report["mAP"], 4), "clips": report["num_clips"]}
         for kind, value in report.get("mAP_by_kind", {}).items():
             row[f"AP {kind}"] = round(value, 4)

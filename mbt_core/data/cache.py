@@ -31,10 +31,11 @@ import numpy as np
 import threadpoolctl
 from tqdm.auto import tqdm
 
-from mbt_core import video
 from mbt_core.config import MBTConfig
+from mbt_core.data.tokenise import Preprocess, views
 from mbt_core.datasets.records import ClipRecord, check_on_error
-from mbt_core.tokenise import Preprocess, views
+from mbt_core.media import video
+from mbt_core.media.images import to_uint8
 
 SHARD = 128  # clips per shard
 FORMAT = 2  # 2: frames with the training margin, eval-crop offsets, clip ids, bad clips
@@ -99,7 +100,7 @@ def _tokenise_clip(args: tuple[ClipRecord, MBTConfig, Preprocess, int]) -> dict[
         offset = _eval_offset(video.probe(record.path), config.image_size, side)
     except _BAD_CLIP as e:
         return {"error": f"{type(e).__name__}: {e}"}
-    frames = np.stack([np.rint((v.frames + 1.0) * 127.5) for v in got]).clip(0, 255).astype(np.uint8)
+    frames = np.stack([to_uint8(v.frames) for v in got])
     return {"frames": frames, "spec": np.stack([v.spectrogram for v in got]).astype(np.float32),
             "padded": np.asarray(any(v.padded for v in got)), "audio_missing": np.asarray(got[0].audio_missing),
             "offset": np.asarray(offset, np.int16)}

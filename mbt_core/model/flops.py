@@ -43,11 +43,10 @@ def flops_breakdown(config: MBTConfig, convention: str = "efficient") -> dict[st
     block = lambda q, kv, proj: _block(dim, cfg.mlp_dim, cfg.num_heads, q, kv, proj)
     unimodal = {m: block(n[m], n[m], n[m]) for m in mods}
     for layer in range(cfg.num_layers):
-        fused = layer >= cfg.fusion_layer and len(mods) > 1
         for m in mods:
             parts["attention"] += unimodal[m]["attention"]
             parts["mlp"] += unimodal[m]["mlp"]
-        if not fused:
+        if not cfg.is_fused(layer):
             continue
         if cfg.fusion == "bottleneck":
             costs = [block(n[m] + fsn, n[m] + fsn, n[m] + fsn) for m in mods]

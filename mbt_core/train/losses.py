@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import optax
 
-LABEL_TYPES = ("multi_label", "single_label", "multi_head")
+from mbt_core.config import LABEL_TYPES
 
 
 def smooth(labels: jnp.ndarray, smoothing: float, multi_label: bool) -> jnp.ndarray:

@@ -18,9 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mbt_core.analysis.rollout import mbt_rollout, tightness
 from mbt_core.config import MBTConfig, is_spectrogram
-from mbt_core.model import MBT
-from mbt_core.rollout import mbt_rollout, tightness
+from mbt_core.media.images import spectrogram_image, to_uint8
+from mbt_core.model.model import MBT
 
 COLORMAP = cv2.COLORMAP_JET
 FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -83,14 +84,6 @@ def select_map(result: Mapping[str, Any], source: str, readout: str | None = Non
     return result["cross_maps"][readout][source]
 
 
-def to_uint8(frames: np.ndarray) -> np.ndarray:
-    """Frames as uint8: float in [-1, 1] (the cache's model inputs) scaled as the cache stores them; uint8 kept."""
-    frames = np.asarray(frames)
-    if frames.dtype == np.uint8:
-        return frames
-    return np.rint((frames.astype(np.float32) + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
-
-
 def frame_maps(video_map: np.ndarray, tubelet: int) -> np.ndarray:
     """A (t, h, w) tubelet map as (t·tubelet, h, w) per-frame maps, each tubelet's weight split evenly over its frames."""
     video_map = np.asarray(video_map, np.float64)
@@ -148,15 +141,6 @@ def summed_overlay(frames: np.ndarray, video_map: np.ndarray, frame: int | None 
     """The map summed over all frames (Fig. 6) blended over one frame (default: the middle one)."""
     index = len(frames) // 2 if frame is None else frame
     return frame_overlay(frames[index], summed_map(video_map), size, alpha, colormap)
-
-
-def spectrogram_image(spectrogram: np.ndarray) -> np.ndarray:
-    """A (time, mel) log-mel as a grey RGB uint8 image: time across, low mel at the bottom."""
-    spec = np.asarray(spectrogram, np.float32)
-    spec = (spec[..., 0] if spec.ndim == 3 else spec).T[::-1]
-    lo, hi = float(spec.min()), float(spec.max())
-    grey = np.rint(255 * (spec - lo) / (hi - lo if hi > lo else 1.0)).astype(np.uint8)
-    return np.repeat(grey[..., None], 3, axis=-1)
 
 
 def spectrogram_overlay(spectrogram: np.ndarray, spec_map: np.ndarray, size: tuple[int, int] | None = None,
@@ -249,9 +233,9 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float) -> Path:
         if path.is_file() and path.stat().st_size > 0:
             return path
     try:
-        from mbt_core.video_writer import write_video
+        from mbt_core.media.video_writer import write_video
     except ImportError:
-        raise OSError(f"{path}: OpenCV cannot write 'mp4v' here and mbt_core.video_writer is unavailable") from None
+        raise OSError(f"{path}: OpenCV cannot write 'mp4v' here and mbt_core.media.video_writer is unavailable") from None
     return write_video(path, frames, fps)
 
 

@@ -14,16 +14,16 @@ import jax
 import numpy as np
 from absl import flags
 
-from mbt_core.audio import spectrogram_stats
-from mbt_core.augment import color_jitter, random_crop, random_flip, spec_augment
-from mbt_core.cache import CachedSplit, build_cache, limit_threads
 from mbt_core.config import MBTConfig
+from mbt_core.data.augment import color_jitter, random_crop, random_flip, spec_augment
+from mbt_core.data.cache import CachedSplit, build_cache, limit_threads
+from mbt_core.data.tokenise import Preprocess
 from mbt_core.datasets import locate, read_card, read_manifest
 from mbt_core.datasets.cards import write_card_fields
 from mbt_core.datasets.manifest import MANIFEST_PATTERN
 from mbt_core.datasets.records import ClipRecord
-from mbt_core.recipes import DataConfig, TrainConfig
-from mbt_core.tokenise import Preprocess
+from mbt_core.media.audio import spectrogram_stats
+from mbt_core.recipes import DataConfig, RunConfig, TrainConfig
 
 
 # Batches prepared ahead per process. grain's defaults (16 threads, 500 elements) would hold 500 *batches*:
@@ -131,17 +131,15 @@ def _augment(train: TrainConfig, image_size: int) -> Callable[[dict, np.random.G
 class TrainIterator:
     """Infinite shuffled batches of one split, with a checkpointable state."""
 
-    def __init__(self, split: CachedSplit, labels: np.ndarray, clip_ids: Sequence[str], train: TrainConfig,
-                 config: MBTConfig, modalities: tuple[str, ...], workers: int = 0):
+    def __init__(self, split: CachedSplit, labels: np.ndarray, run: RunConfig):
+        train, config, workers = run.train, run.model, run.data.workers
         if train.batch_size % jax.process_count():
             raise ValueError(f"train.batch_size {train.batch_size} is not divisible by {jax.process_count()} hosts")
-        if len(labels) != len(split) or len(clip_ids) != len(split):
-            raise ValueError(f"{len(labels)} labels and {len(clip_ids)} clip ids for a split of {len(split)} clips "
-                             f"(after skipped clips, use dataset.labels(name, split.index) and split.clip_ids)")
-        ids = np.asarray(clip_ids)
-        if split.clip_ids is not None and not np.array_equal(ids, split.clip_ids):
-            first = int(np.flatnonzero(ids != split.clip_ids)[0])
-            raise ValueError(f"clip id {ids[first]!r} at position {first} is not the split's {split.clip_ids[first]!r}")
+        if len(labels) != len(split):
+            raise ValueError(f"{len(labels)} labels for a split of {len(split)} clips "
+                             f"(after skipped clips, use dataset.labels(name, split.index))")
+        ids = np.asarray(split.clip_ids if split.clip_ids is not None else [str(i) for i in range(len(split))])
+        modalities = config.modalities
         # Training crops the stored square (scale jitter, Sec. 4.2); without frame augmentation, the centre.
         read = split.train_example if train.frame_augment else split.example
 

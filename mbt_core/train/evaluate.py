@@ -12,10 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mbt_core import metrics
-from mbt_core.cache import CachedSplit
 from mbt_core.config import MBTConfig
-from mbt_core.model import MBT
+from mbt_core.data.cache import CachedSplit
+from mbt_core.model.model import MBT
+from mbt_core.train import metrics
 
 
 def predict(config: MBTConfig, params: Any, split: CachedSplit, batch_size: int = 64,

@@ -19,7 +19,7 @@ import scipy.ndimage
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from mbt_core.config import MBTConfig, is_spectrogram
-from mbt_core.model import cls_name, param_suffix
+from mbt_core.model.model import cls_name, param_suffix
 
 # The public ViT checkpoints number the sub-layers of a block differently from our (Scenic MBT) tree.
 BLOCK_KEYS = {"LayerNorm_0": "LayerNorm_0", "MultiHeadDotProductAttention_1": "MultiHeadDotProductAttention_0",

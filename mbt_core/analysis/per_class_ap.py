@@ -1,16 +1,14 @@
 """Per-class AP of fusion against audio-only and visual-only models (the paper's appendix, Figs. 3-4).
 
-The inputs are `eval.json` reports (`evaluate.evaluation_report`): one of the fusion run, and one each of an
-audio-only (`model.modalities=('spec',)`) and a visual-only (`('rgb',)`) run. Without single-modality runs,
+The inputs are `eval.json` reports (`evaluate.evaluation_report`, read by `run_dir.read_eval`): one of the
+fusion run, and one each of an audio-only (`model.modalities=('spec',)`) and a visual-only (`('rgb',)`) run. Without single-modality runs,
 the fusion run's own `per_modality` heads stand in, and every row says which source it used. Classes are
 ranked by fusion AP; classes without AP (no positives in the split) are kept apart, never counted as 0.
 AP's chance level is a class's positive rate, so the figures mark it per class.
 """
 from __future__ import annotations
 
-import csv
 import importlib
-import json
 import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -21,25 +19,6 @@ import plotly.graph_objects as go
 AUDIO, VISUAL = "spec", "rgb"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 COLOURS = {"fusion": "#1f77b4", "audio": "#ff7f0e", "visual": "#2ca02c"}
-
-
-def load_eval(path: str | Path) -> dict[str, Any]:
-    """A run's `eval.json` (a run directory or the file), with `class_kinds` from its `per_class_ap.csv` when present."""
-    path = Path(path)
-    file = path / "eval.json" if path.is_dir() else path
-    try:
-        report = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{file}: no eval.json (run `mbt evaluate` on the run first)") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{file}: not valid JSON ({e})") from None
-    if not isinstance(report, dict) or not isinstance(report.get("per_class_ap"), dict):
-        raise ValueError(f"{file}: an eval.json needs a `per_class_ap` mapping")
-    table = file.parent / "per_class_ap.csv"
-    if "class_kinds" not in report and table.is_file():
-        with open(table, newline="") as f:
-            report["class_kinds"] = {row["class"]: row["kind"] for row in csv.DictReader(f) if row.get("kind")}
-    return report
 
 
 def _unimodal(fusion_eval: Mapping[str, Any], run_eval: Mapping[str, Any] | None, modality: str,

@@ -17,7 +17,7 @@ from flax import serialization
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from mbt_core.config import MBTConfig
-from mbt_core.model import MBT, dummy_inputs, param_suffix
+from mbt_core.model.model import MBT, dummy_inputs, param_suffix
 
 _MOD_NAME = {"spectrogram": "spec", "spec": "spec"}
 

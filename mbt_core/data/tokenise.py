@@ -11,9 +11,11 @@ import os
 
 import numpy as np
 
-from mbt_core import audio, augment, video
 from mbt_core.config import MBTConfig
-from mbt_core.video import MissingAudioError
+from mbt_core.data import augment
+from mbt_core.media import audio, video
+from mbt_core.media.images import spectrogram_image, to_uint8
+from mbt_core.media.video import MissingAudioError
 
 _TIME_TOL_S = 1e-6
 
@@ -89,15 +91,12 @@ class View:
     def draw_patches(self, modality: str, index: int = 0, colour: tuple[int, ...] = (255, 255, 0)) -> np.ndarray:
         """RGB uint8 image of frame `index` or of the spectrogram (time across, low mel below), patches drawn."""
         if modality == "rgb":
-            image = np.round((self.frames[index] + 1.0) * 127.5).astype(np.uint8)
+            image = to_uint8(self.frames[index]).copy()
             rows, cols = self.patch_boundaries("rgb")[1:]
         else:
-            spec = self.spectrogram.T[::-1]
-            lo, hi = float(spec.min()), float(spec.max())
-            grey = np.round(255 * (spec - lo) / (hi - lo if hi > lo else 1.0)).astype(np.uint8)
-            image = np.repeat(grey[..., None], 3, axis=-1)
+            image = spectrogram_image(self.spectrogram)
             cols, rows = self.patch_boundaries("spec")
-            rows = len(spec) - rows  # mel edges counted from the bottom
+            rows = len(image) - rows  # mel edges counted from the bottom
         # The last edge lies one past the image: draw it on the last pixel.
         image[np.clip(rows, 0, image.shape[0] - 1)] = colour
         image[:, np.clip(cols, 0, image.shape[1] - 1)] = colour

@@ -1,29 +1,33 @@
 """Training (Sec. 4.2): data-parallel over every device, resumable from orbax checkpoints, guarded.
 
-`train(run, out_dir)` writes `config.json`, `metrics.jsonl` and `checkpoints/` (the last N) and `best/`
-(the best by validation mAP); re-running the same command resumes from the latest checkpoint with the
-same data order and random streams, so an interrupted run ends with the parameters of an uninterrupted one.
+`train_and_evaluate(run, workdir, data)` (flax's idiom) writes `config.json`, `metrics.jsonl`,
+`checkpoints/` (the last N) and, with validation, `best/` (the best by validation mAP); re-running the
+same command resumes from the latest checkpoint with the same data order and random streams, so an
+interrupted run ends with the parameters of an uninterrupted one.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from mbt_core.augment import mixup
-from mbt_core.losses import mbt_loss
-from mbt_core.model import MBT, dummy_inputs
-from mbt_core.optim import make_optimizer
+from mbt_core.data.augment import mixup
+from mbt_core.model.model import MBT, dummy_inputs
 from mbt_core.recipes import RunConfig
+from mbt_core.run_dir import MetricsLog, trim_metrics, write_config
+from mbt_core.train.losses import mbt_loss
+from mbt_core.train.optim import make_optimizer
 
 
 class NonFiniteLossError(RuntimeError):
@@ -74,16 +78,11 @@ def make_train_step(run: RunConfig, tx: Any, label_type: str) -> Callable:
         rng = jax.random.fold_in(state.rng, state.step)
         loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = jax.tree_util.tree_map(lambda p, u: p + u, state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax_global_norm(grads)}
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}  # what clipping bounds
         return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
     return step
-
-
-def optax_global_norm(tree: Any) -> jnp.ndarray:
-    """Global L2 norm of a pytree (the quantity gradient clipping bounds)."""
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
@@ -123,40 +122,45 @@ def restore(manager: ocp.CheckpointManager, template: TrainState) -> tuple[Train
     return got.state, got.data
 
 
-def _trim_log(path: Path, step: int) -> None:
-    # Lines logged after the checkpoint we resume from were lost with the process: drop them.
-    if path.exists():
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        path.write_text("".join(line + "\n" for line in lines if json.loads(line).get("step", 0) <= step))
+@dataclasses.dataclass
+class TrainData:
+    """What the loop reads: batches (an iterator with `get_state` / `set_state`), their label type, the
+    optimiser steps of one epoch, and optionally a validation (parameters -> {"mAP": ...})."""
+
+    batches: Any
+    label_type: str
+    steps_per_epoch: int
+    validate: Callable[[Any], dict] | None = None
 
 
-def fit(run: RunConfig, out_dir: str | Path, batches: Iterator[dict], data_state: Callable[[], dict],
-        restore_data: Callable[[dict], None], *, label_type: str, steps_per_epoch: int,
-        evaluate: Callable[[Any], dict] | None = None, params: Any = None, progress: bool = True) -> TrainState:
-    """The training loop over an iterator of host-local numpy batches (with `clip_id`), resumable."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(run.to_dict(), indent=2))
+def train_and_evaluate(run: RunConfig, workdir: str | Path, data: TrainData, *, params: Any = None,
+                       progress: bool = True) -> TrainState:
+    """Train `run` on `data` into `workdir`, resuming from its latest checkpoint; validate every
+    `train.eval_every` steps and at the end (never with eval_every = 0), keeping the best in `best/`."""
+    out = Path(workdir)
+    write_config(out, run)
     cfg = run.train
-    state, tx = init_state(run, steps_per_epoch, params)
+    state, tx = init_state(run, data.steps_per_epoch, params)
     manager = checkpoint_manager(out / "checkpoints", cfg.keep_checkpoints)
     best_manager = checkpoint_manager(out / "best", 1)
     restored = restore(manager, state)
-    log_path, best_path = out / "metrics.jsonl", out / "best.json"
+    best_path = out / "best.json"
     if restored is not None:
         state, saved = restored
-        restore_data(saved)
-        _trim_log(log_path, int(state.step))
+        data.batches.set_state(saved)
+        trim_metrics(out, int(state.step))
     best = json.loads(best_path.read_text())["value"] if best_path.exists() else -math.inf
     mesh = data_mesh()
     replicated = NamedSharding(mesh, PartitionSpec())
     state = jax.device_put(state, replicated)
-    step_fn = jax.jit(make_train_step(run, tx, label_type), donate_argnums=())
+    # The state is not donated: on a non-finite loss the guard below checkpoints the step's input state.
+    step_fn = jax.jit(make_train_step(run, tx, data.label_type))
+    validate = data.validate if cfg.eval_every else None
     start = int(state.step)
     bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not progress, unit="step")
-    with log_path.open("a") as log:
+    with MetricsLog(out) as log:
         for step in range(start, cfg.steps):
-            batch = dict(next(batches))
+            batch = dict(next(data.batches))
             clip_ids = list(batch.pop("clip_id"))
             if cfg.mixup_alpha > 0:
                 batch = mixup(batch, np.random.default_rng([cfg.seed, step]), cfg.mixup_alpha,
@@ -165,24 +169,23 @@ def fit(run: RunConfig, out_dir: str | Path, batches: Iterator[dict], data_state
             new_state, metrics = step_fn(state, shard_batch(batch, mesh))
             loss = float(metrics["loss"])
             if not math.isfinite(loss):
-                save(manager, state, data_state())
+                save(manager, state, data.batches.get_state())
                 raise NonFiniteLossError(f"non-finite loss {loss} at step {step}; clips in the batch: {clip_ids}; "
                                          f"the last good state (step {int(state.step)}) is checkpointed in {out}")
             state = new_state
             done = step + 1
             record = {"step": done, "loss": loss, "grad_norm": float(metrics["grad_norm"])}
-            if evaluate is not None and cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
-                record.update({f"val_{k}": v for k, v in evaluate(state.params).items()})
+            if validate is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
+                record.update({f"val_{k}": v for k, v in validate(state.params).items()})
                 if record.get("val_mAP", -math.inf) > best:
                     best = record["val_mAP"]
-                    save(best_manager, state, data_state())
+                    save(best_manager, state, data.batches.get_state())
                     best_path.write_text(json.dumps({"step": done, "value": best}))
             if done % cfg.log_every == 0 or done == cfg.steps or len(record) > 3:
-                log.write(json.dumps(record) + "\n")
-                log.flush()
+                log.append(record)
                 bar.set_postfix(loss=f"{loss:.4f}")
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                save(manager, state, data_state())
+                save(manager, state, data.batches.get_state())
             bar.update(1)
     bar.close()
     return state

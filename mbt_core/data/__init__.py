@@ -1,0 +1,1 @@
+"""The data layer: tokenisation, augmentation, the token cache and the grain pipeline."""

@@ -1,0 +1,1 @@
+"""Media: decoding audio and video, writing video, frames and spectrograms as pictures."""

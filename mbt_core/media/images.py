@@ -1,0 +1,32 @@
+"""Frames and spectrograms as pictures: RGB uint8 images for patch grids, overlays, widgets and files.
+
+Model inputs hold frames as float32 in [-1, 1] (`video.to_signed_unit`); `to_uint8` is its inverse, the one
+conversion back that the token cache, the patch drawings and the overlays share. Spectrograms are drawn
+grey, time across and low mel bins at the bottom.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    """Frames as uint8: float in [-1, 1] (model inputs) rounded to the nearest level and clipped; uint8 kept."""
+    frames = np.asarray(frames)
+    if frames.dtype == np.uint8:
+        return frames
+    return np.rint((frames.astype(np.float32) + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
+
+
+def spectrogram_image(spectrogram: np.ndarray) -> np.ndarray:
+    """A (time, mel[, 1]) log-mel as a grey RGB uint8 image scaled to its own range: time across, low mel at the bottom."""
+    spec = np.asarray(spectrogram, np.float32)
+    spec = (spec[..., 0] if spec.ndim == 3 else spec).T[::-1]
+    lo, hi = float(spec.min()), float(spec.max())
+    grey = np.rint(255 * (spec - lo) / (hi - lo if hi > lo else 1.0)).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def enlarge(image: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour enlargement by a whole factor, so patch edges stay one crisp line per pixel."""
+    return cv2.resize(image, (image.shape[1] * factor, image.shape[0] * factor), interpolation=cv2.INTER_NEAREST)

@@ -1,0 +1,1 @@
+"""The training layer: the loop, losses, the optimiser, evaluation and metrics."""
