@@ -19,10 +19,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
 import zipfile
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,6 +33,7 @@ from mbt_core import video
 from mbt_core.config import MBTConfig
 from mbt_core.datasets.records import ClipRecord, check_on_error
 from mbt_core.tokenise import Preprocess, views
+from mbt_core.worker_pool import CrashSafePool
 
 SHARD = 128  # clips per shard
 FORMAT = 2  # 2: frames with the training margin, eval-crop offsets, clip ids, bad clips
@@ -103,6 +102,10 @@ def _tokenise_clip(args: tuple[ClipRecord, MBTConfig, Preprocess, int]) -> dict[
     return {"frames": frames, "spec": np.stack([v.spectrogram for v in got]).astype(np.float32),
             "padded": np.asarray(any(v.padded for v in got)), "audio_missing": np.asarray(got[0].audio_missing),
             "offset": np.asarray(offset, np.int16)}
+
+
+def _worker_died(args: tuple[ClipRecord, MBTConfig, Preprocess, int]) -> dict[str, Any]:
+    return {"error": "the worker process tokenising this clip died (a crash in a native decoder?)"}
 
 
 def _shard_path(directory: Path, n: int) -> Path:
@@ -189,14 +192,13 @@ def build_cache(records: Sequence[ClipRecord], config: MBTConfig, root: str | Pa
     remaining = sum(len(shards[n]) for n in todo)
     bar = tqdm(total=len(records), initial=len(records) - remaining, desc=f"tokenise {name}", unit="clip",
                disable=not progress)
-    # spawn: forking a process that has imported JAX can deadlock.
-    pool = (ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), initializer=limit_threads)
-            if workers > 1 and remaining > MIN_POOL_CLIPS else None)
+    pool = CrashSafePool(workers, limit_threads) if workers > 1 and remaining > MIN_POOL_CLIPS else None
     try:
         for n in todo:
             jobs = [(records[i], config, preprocess, num_views) for i in shards[n]]
             results = []
-            for i, result in zip(shards[n], pool.map(_tokenise_clip, jobs) if pool else map(_tokenise_clip, jobs)):
+            got = pool.map(_tokenise_clip, jobs, _worker_died) if pool else map(_tokenise_clip, jobs)
+            for i, result in zip(shards[n], got):
                 if "error" in result and on_error == "raise":
                     raise ClipError(_clip_message(records[i], result["error"]))
                 results.append(result)
@@ -204,7 +206,7 @@ def build_cache(records: Sequence[ClipRecord], config: MBTConfig, root: str | Pa
             _write_shard(directory, n, shards[n], records, results, config, preprocess, num_views)
     finally:
         if pool:
-            pool.shutdown(cancel_futures=True)
+            pool.shutdown()
         bar.close()
     for stale in directory.glob("shard_*.npz"):  # left by a longer clip list
         if int(stale.stem.split("_")[1]) >= len(shards):

@@ -42,7 +42,7 @@ def write_video(path: str | Path, frames: np.ndarray | None, fps: float = 25.0, 
                 video.codec_context.time_base = Fraction(1, 1000)
         if audio is not None:
             audio = np.atleast_2d(np.asarray(audio, np.float32))
-            layout = layout or {1: "mono", 2: "stereo", 6: "5.1"}[audio.shape[0]]
+            layout = layout or {1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}[audio.shape[0]]
             audio_stream = out.add_stream(audio_codec, rate=rate, layout=layout, options=dict(audio_options or {}))
             if audio_bit_rate:
                 audio_stream.bit_rate = audio_bit_rate
@@ -56,8 +56,9 @@ def write_video(path: str | Path, frames: np.ndarray | None, fps: float = 25.0, 
         if audio_stream is not None:
             offset = int(round(audio_start * rate))
             for s in range(0, audio.shape[1], AUDIO_FRAME):
-                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[:, s:s + AUDIO_FRAME]),
-                                                   format="fltp", layout=layout)
+                # Interleaved: PyAV 18 miscounts the planes of a planar frame of 8+ channels (7.1).
+                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[:, s:s + AUDIO_FRAME].T).reshape(1, -1),
+                                                   format="flt", layout=layout)
                 frame.sample_rate, frame.pts, frame.time_base = rate, offset + s, Fraction(1, rate)
                 out.mux(audio_stream.encode(frame))
             out.mux(audio_stream.encode(None))

@@ -219,6 +219,25 @@ def test_bad_clip_raises_naming_the_file_or_is_skipped_with_its_label(tmp_path, 
         tokenised_split(dataset, "train", TINY, 1, progress=False)
 
 
+def test_a_worker_that_dies_names_its_clip_and_skip_goes_on(tmp_path, synth, monkeypatch):
+    import crashing_worker
+
+    root, _ = synth
+    records = load_dataset(DataConfig(dir=str(root))).splits["train"][:6]
+    records[2] = dataclasses.replace(records[2], clip_id=crashing_worker.CRASH_ID)
+    build = dict(config=TINY, name="train", progress=False, shard_size=4)
+    alone = CachedSplit.load(build_cache(records[:2] + records[3:], root=tmp_path / "alone", workers=1, **build))
+    monkeypatch.setattr(cache_module, "MIN_POOL_CLIPS", 0)
+    monkeypatch.setattr(cache_module, "_tokenise_clip", crashing_worker.tokenise_or_die)
+    with pytest.raises(ClipError, match=f"{crashing_worker.CRASH_ID}.*{records[2].path}.*died"):
+        build_cache(records, root=tmp_path / "raise", workers=2, **build)
+    split = CachedSplit.load(build_cache(records, root=tmp_path / "skip", workers=2, on_error="skip", **build))
+    assert [s["clip_id"] for s in split.skipped] == [crashing_worker.CRASH_ID] and "died" in split.skipped[0]["reason"]
+    assert list(split.index) == [0, 1, 3, 4, 5]
+    for k in ("frames", "spec", "padded", "offset", "clip_ids"):  # every other clip as a crash-free build has it
+        np.testing.assert_array_equal(getattr(split, k), getattr(alone, k), err_msg=k)
+
+
 def test_labels_match_the_manifest(synth):
     root, result = synth
     dataset = load_dataset(DataConfig(dir=str(root)))
