@@ -10,8 +10,9 @@ it (`CachedSplit.train_example`) and evaluation takes the central S x S crop (`C
 which is exactly the crop `tokenise` takes. (Official training crops from the full width; a square keeps
 every clip the same shape, so wide videos lose their sides in training.)
 
-Shards are written atomically and record the clips they hold, so an interrupted build resumes and a
-changed clip list rebuilds only the shards whose clips changed. Bad clips raise (naming the file) or,
+Shards are written atomically and record the clips they hold (ids, spans, and each file's size and
+modification time), so an interrupted build resumes, and a changed clip list or a clip file replaced in
+place rebuilds only the shards whose clips changed. Bad clips raise (naming the file) or,
 with on_error="skip", are recorded in meta.json and reported once; a loaded split says which clips it holds.
 """
 from __future__ import annotations
@@ -71,9 +72,18 @@ def limit_threads(*_: Any) -> None:
     cv2.setNumThreads(1)
 
 
+def _file_state(path: str | None) -> str:
+    """Size and modification time (ns) of a clip file: a file replaced in place changes them."""
+    try:
+        stat = os.stat(path)
+    except (OSError, TypeError):  # a missing file fails when tokenised, naming it
+        return "missing"
+    return f"{stat.st_size}\t{stat.st_mtime_ns}"
+
+
 def _sources(records: Sequence[ClipRecord]) -> str:
-    """A hash of what the tokens of `records` come from: ids, source videos and spans, in order."""
-    text = "\n".join(f"{r.clip_id}\t{r.video}\t{r.start!r}\t{r.end!r}" for r in records)
+    """A hash of what the tokens of `records` come from: ids, source videos, spans and the files' states, in order."""
+    text = "\n".join(f"{r.clip_id}\t{r.video}\t{r.start!r}\t{r.end!r}\t{_file_state(r.path)}" for r in records)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -135,7 +145,7 @@ def _report(name: str, directory: Path, skipped: list[dict[str, Any]], total: in
 
 
 def _write_shard(directory: Path, n: int, shard: range, records: Sequence[ClipRecord], results: list[dict],
-                 config: MBTConfig, preprocess: Preprocess, num_views: int) -> None:
+                 source: str, config: MBTConfig, preprocess: Preprocess, num_views: int) -> None:
     good = [(i, r) for i, r in zip(shard, results) if "error" not in r]
     side = stored_size(config, preprocess)
     empty = {"frames": np.zeros((0, num_views, config.rgb_frames, side, side, 3), np.uint8),
@@ -148,7 +158,7 @@ def _write_shard(directory: Path, n: int, shard: range, records: Sequence[ClipRe
              clip_ids=np.asarray([records[i].clip_id for i, _ in good], dtype=str),
              skipped_index=np.asarray([i for i, _ in bad], np.int64),
              skipped_reason=np.asarray([reason for _, reason in bad], dtype=str),
-             source=np.asarray(_sources([records[i] for i in shard])), **arrays)
+             source=np.asarray(source), **arrays)
     os.replace(tmp, _shard_path(directory, n))
 
 
@@ -196,6 +206,7 @@ def build_cache(records: Sequence[ClipRecord], config: MBTConfig, root: str | Pa
     try:
         for n in todo:
             jobs = [(records[i], config, preprocess, num_views) for i in shards[n]]
+            source = _sources([records[i] for i in shards[n]])  # the files' states before they are read
             results = []
             got = pool.map(_tokenise_clip, jobs, _worker_died) if pool else map(_tokenise_clip, jobs)
             for i, result in zip(shards[n], got):
@@ -203,7 +214,7 @@ def build_cache(records: Sequence[ClipRecord], config: MBTConfig, root: str | Pa
                     raise ClipError(_clip_message(records[i], result["error"]))
                 results.append(result)
                 bar.update(1)
-            _write_shard(directory, n, shards[n], records, results, config, preprocess, num_views)
+            _write_shard(directory, n, shards[n], records, results, source, config, preprocess, num_views)
     finally:
         if pool:
             pool.shutdown()

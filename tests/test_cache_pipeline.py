@@ -168,6 +168,26 @@ def test_interrupted_build_resumes_only_the_missing_shard(tmp_path, synth, monke
     _assert_same(first, pooled)
 
 
+def test_a_clip_replaced_in_place_is_tokenised_again(tmp_path, odd_clips):
+    records = [dataclasses.replace(r, path=str(shutil.copy(r.path, tmp_path / os.path.basename(r.path))))
+               for r in odd_clips]
+    build = dict(config=TINY, root=tmp_path / "cache", name="eval", workers=1, progress=False, shard_size=1)
+    directory = build_cache(records, **build)
+    shards = sorted(directory.glob("shard_*.npz"))
+    mtimes = [s.stat().st_mtime_ns for s in shards]
+    # Clip 1 becomes other content of the same shape, the file replaced under the same name.
+    frames = np.stack([np.full((48, 66, 3), 30 + 40 * (i % 5), np.uint8) for i in range(150)])
+    new = media.write_video(tmp_path / "new.mp4", frames, 25.0, audio=media.tone(1200, 6.0, 16000))
+    os.replace(new, records[1].path)
+    split = CachedSplit.load(build_cache(records, **build))
+    fresh = tokenise(records[1].path, TINY, start=0.0)  # the cached view: the window at the segment start
+    got = split.example(1)
+    assert np.abs(got["rgb"] - fresh.frames).max() <= 1 / 255 + 1e-6
+    np.testing.assert_array_equal(got["spec"], fresh.spectrogram)
+    assert [s.stat().st_mtime_ns for s in shards][::2] == mtimes[::2]  # the other clips' shards are kept
+    assert shards[1].stat().st_mtime_ns != mtimes[1]
+
+
 def _corrupt_copy(root, tmp_path):
     copy = tmp_path / "data"
     shutil.copytree(root, copy, ignore=shutil.ignore_patterns(".token_cache"))
