@@ -258,6 +258,17 @@ def test_a_worker_that_dies_names_its_clip_and_skip_goes_on(tmp_path, synth, mon
         np.testing.assert_array_equal(getattr(split, k), getattr(alone, k), err_msg=k)
 
 
+def test_a_split_whose_every_clip_is_skipped_is_refused(tmp_path, synth):
+    root, _ = synth
+    shutil.copy(root / "data_card.md", tmp_path / "data_card.md")
+    (tmp_path / "manifest.csv").write_text("path,split\na.mp4,train\nb.mp4,train\n")
+    for name in ("a.mp4", "b.mp4"):
+        (tmp_path / name).write_bytes(b"not a video " * 50)
+    dataset = load_dataset(DataConfig(dir=str(tmp_path)))
+    with pytest.raises(ValueError, match=r"split 'train' of .*: all 2 clips were skipped as unreadable"):
+        tokenised_split(dataset, "train", TINY, 1, progress=False, on_error="skip")
+
+
 def test_labels_match_the_manifest(synth):
     root, result = synth
     dataset = load_dataset(DataConfig(dir=str(root)))

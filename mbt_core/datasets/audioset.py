@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 
 from mbt_core.datasets.records import (AnnotationError, ClipRecord, check_columns, check_span,
-                                       csv_rows, finish, parse_rows, parse_seconds)
+                                       csv_rows, parse_rows, parse_seconds)
+from mbt_core.datasets.splits import finish
 
 SEGMENT_COLUMNS = "YTID, start_seconds, end_seconds, positive_labels"
 

@@ -13,7 +13,8 @@ import math
 import os
 
 from mbt_core.datasets.records import (AnnotationError, ClipRecord, HeadLabels, check_columns,
-                                       check_span, csv_rows, finish, parse_rows)
+                                       check_span, csv_rows, parse_rows)
+from mbt_core.datasets.splits import finish
 
 COLUMNS = ("narration_id", "video_id", "start_timestamp", "stop_timestamp", "verb_class",
            "noun_class")

@@ -14,7 +14,8 @@ from typing import Sequence
 
 from mbt_core.datasets.cards import read_card
 from mbt_core.datasets.records import (AnnotationError, ClipRecord, check_columns, csv_rows,
-                                       finish, parse_rows, parse_seconds)
+                                       parse_rows, parse_seconds)
+from mbt_core.datasets.splits import finish
 
 CLIP_SECONDS = 10.0
 
