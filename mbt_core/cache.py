@@ -87,10 +87,10 @@ def _sources(records: Sequence[ClipRecord]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _eval_offset(info: video.MediaInfo, size: int, side: int) -> tuple[int, int]:
+def _eval_offset(frame_size: tuple[int, int], size: int, side: int) -> tuple[int, int]:
     """Top/left of `tokenise`'s central S crop within the stored central s-square (floor halving: parity-dependent)."""
-    # The frame size the decoder's resize gives, from the same function.
-    h, w = video.resize_short_side(np.zeros((info.height, info.width), np.uint8), side).shape[:2]
+    # The size of the frames as decoded (a rotated clip's frames come upright) and resized to short side s.
+    h, w = frame_size
     return (h - size) // 2 - (h - side) // 2, (w - size) // 2 - (w - side) // 2
 
 
@@ -105,7 +105,7 @@ def _tokenise_clip(args: tuple[ClipRecord, MBTConfig, Preprocess, int]) -> dict[
     try:
         got = views(record.path, square, num_views, start=record.start, end=end,
                     preprocess=dataclasses.replace(preprocess, short_side_ratio=1.0))
-        offset = _eval_offset(video.probe(record.path), config.image_size, side)
+        offset = _eval_offset(got[0].frame_size, config.image_size, side)
     except _BAD_CLIP as e:
         return {"error": f"{type(e).__name__}: {e}"}
     frames = np.stack([np.rint((v.frames + 1.0) * 127.5) for v in got]).clip(0, 255).astype(np.uint8)

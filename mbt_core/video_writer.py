@@ -20,13 +20,15 @@ def write_video(path: str | Path, frames: np.ndarray | None, fps: float = 25.0, 
                 audio: np.ndarray | None = None, rate: int = 16000, layout: str | None = None,
                 audio_start: float = 0.0, audio_codec: str = "aac", container: str = "mp4", faststart: bool = False,
                 options: Mapping[str, str] | None = None, audio_options: Mapping[str, str] | None = None,
-                audio_bit_rate: int | None = None, metadata: Mapping[str, str] | None = None) -> Path:
+                audio_bit_rate: int | None = None, metadata: Mapping[str, str] | None = None,
+                rotation: int = 0) -> Path:
     """Write a video of H.264/MPEG-4 `frames` (uint8 RGB) at `fps` or at explicit `times` (VFR), plus audio.
 
     `audio` is float32 (channels, samples) at `rate` (AAC, or e.g. "pcm_s16le" in "matroska");
     `frames=None` writes an audio-only file.
     `options` and `audio_options` go to the encoders (e.g. {"crf": "20"}, {"aac_coder": "fast"}),
-    `metadata` into the container's tags.
+    `metadata` into the container's tags; `rotation` (degrees counter-clockwise) into the display matrix,
+    as a phone's portrait video carries it.
     """
     path = Path(path)
     muxer_options = {"movflags": "+faststart"} if faststart else {}
@@ -38,6 +40,8 @@ def write_video(path: str | Path, frames: np.ndarray | None, fps: float = 25.0, 
             video.width, video.height = frames.shape[2], frames.shape[1]
             video.pix_fmt = "yuv420p"
             video.codec_context.thread_count = 1
+            if rotation:
+                video.set_display_rotation(rotation)
             if times is not None:  # millisecond clock for variable-rate timestamps
                 video.codec_context.time_base = Fraction(1, 1000)
         if audio is not None:

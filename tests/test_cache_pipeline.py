@@ -135,6 +135,22 @@ def test_cached_views_equal_tokenise(tmp_path, synth, odd_clips):
         assert split.audio_missing[i] == want[0].audio_missing
 
 
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_rotated_clips_are_cropped_as_tokenise_crops_them(tmp_path, rotation):
+    # A portrait phone clip: coded 64 x 48 with a display matrix. 64 -> 36 (even) and 48 -> 27 (odd) at s = 27
+    # give crop offsets of different parity on the two axes, so a crop placed by the coded size is a pixel off.
+    y, x = np.mgrid[:48, :64]
+    frames = np.stack([np.stack([(x * 7 + y * 3 + 5 * i) % 256, (x * x + 2 * y + i) % 256,
+                                 (y * y + 3 * x + 9 * i) % 256], -1) for i in range(100)]).astype(np.uint8)
+    path = media.write_video(tmp_path / "portrait.mp4", frames, 25.0, audio=media.tone(440, 4.0, 16000),
+                             rotation=rotation)
+    want = tokenise(path, TINY, start=0.0)
+    assert want.frame_size == ((36, 27) if rotation != 180 else (27, 36))  # upright, as OpenCV decodes it
+    record = ClipRecord("portrait", 0.0, math.inf, (), path=str(path), video="portrait.mp4")
+    split = CachedSplit.load(build_cache([record], TINY, tmp_path, "rot", workers=1, progress=False))
+    assert np.abs(split.example(0)["rgb"] - want.frames).max() <= 1 / 255 + 1e-6
+
+
 def test_interrupted_build_resumes_only_the_missing_shard(tmp_path, synth, monkeypatch):
     root, _ = synth
     records = load_dataset(DataConfig(dir=str(root))).splits["train"]  # 16 clips: shards of 6, 6, 4
