@@ -143,6 +143,7 @@ def test_channels_mixed_to_mono_any_sample_format():
              ("s32p", np.round(np.stack([left, right]) * (2**31 - 1)).astype(np.int32), 1e-7)]
     for fmt, data, tol in cases:
         frame = av.AudioFrame.from_ndarray(data, format=fmt, layout="stereo")
+        frame.sample_rate = 16000
         np.testing.assert_allclose(audio._mono(frame), expected, atol=tol, err_msg=fmt)
 
 
@@ -190,13 +191,50 @@ def test_matroska_pcm_with_a_millisecond_clock(tmp_path):
     assert got == [int(math.floor(t * 30 + 1e-9)) for t in times]
 
 
-def test_surround_channels_are_averaged(tmp_path):
-    x = np.zeros((6, 32000), np.float32)
-    x[0] = media.tone(500, 2.0, 16000)[0]  # front left only, of 5.1
-    path = media.write_video(tmp_path / "surround.mp4", media.index_frames(50), audio=x, rate=16000)
+# The downmix rule, written out independently of libswresample: FFmpeg's default matrix for a mono output
+# (ITU-R BS.775: front left/right at 1/sqrt(2), centre at 1, back/side at 1/2, LFE at 0), divided by the
+# sum of its weights (rematrix_maxval=1). Stereo is then the mean of its two channels.
+_WEIGHT = {"FL": 1 / math.sqrt(2), "FR": 1 / math.sqrt(2), "FC": 1.0, "LFE": 0.0,
+           "BL": 0.5, "BR": 0.5, "SL": 0.5, "SR": 0.5}
+
+
+def _downmix_weights(layout: str) -> np.ndarray:
+    w = np.array([_WEIGHT[c.name] for c in av.AudioLayout(layout).channels])
+    return w / w.sum()
+
+
+def test_downmix_rule_of_each_layout():
+    assert np.allclose(_downmix_weights("stereo"), [0.5, 0.5])  # the mean of channels
+    for layout in ("mono", "stereo", "quad", "5.1", "5.1(side)", "7.1"):
+        n = len(av.AudioLayout(layout).channels)
+        x = np.linspace(-0.5, 0.5, n * 64, dtype=np.float32).reshape(64, n)  # a different ramp per channel
+        for fmt in ("flt", "s16"):  # packed: PyAV 18 cannot build planar frames of 8 channels
+            data = x.reshape(1, -1) if fmt == "flt" else np.round(x.reshape(1, -1) * 32767).astype(np.int16)
+            frame = av.AudioFrame.from_ndarray(data, format=fmt, layout=layout)
+            frame.sample_rate = 16000
+            np.testing.assert_allclose(audio._mono(frame), x @ _downmix_weights(layout), atol=1e-4,
+                                       err_msg=f"{layout} {fmt}")
+
+
+@pytest.mark.parametrize("layout,rate,codec,container", [
+    ("5.1", 16000, "aac", "mp4"), ("7.1", 48000, "aac", "mp4"),  # AAC decodes to planar float
+    ("7.1", 44100, "pcm_s16le", "matroska"), ("stereo", 22050, "pcm_s16le", "matroska")])  # packed s16
+def test_multichannel_tracks_decode_to_the_downmix(tmp_path, layout, rate, codec, container):
+    # One sine per channel at its own frequency: the amplitude of each in the mono signal is its weight.
+    # (An 8-channel planar AAC track used to crash the process in frame.to_ndarray.)
+    names = [c.name for c in av.AudioLayout(layout).channels]
+    freqs = 300.0 + 200.0 * np.arange(len(names))
+    t = np.arange(2 * rate) / rate
+    x = (0.4 * np.sin(2 * np.pi * freqs[:, None] * t)).astype(np.float32)
+    path = media.write_video(tmp_path / f"surround.{'mp4' if container == 'mp4' else 'mkv'}",
+                             media.index_frames(50), audio=x, rate=rate, layout=layout, audio_codec=codec,
+                             container=container)
     wave = audio.load_audio(path, 0.5, 1.0)
-    rms = np.sqrt(np.mean(wave.samples**2))
-    assert rms == pytest.approx(0.5 / math.sqrt(2) / 6, rel=0.03)
+    assert wave.valid.all()
+    s = 0.5 + np.arange(16000) / 16000
+    for name, f, w in zip(names, freqs, _downmix_weights(layout)):
+        amplitude = 2 * abs(np.mean(wave.samples * np.exp(-2j * np.pi * f * s)))  # Fourier coefficient at f
+        assert amplitude == pytest.approx(0.4 * w, abs=0.01), name
 
 
 def test_window_beyond_the_audio_is_zero_and_marked(tmp_path):

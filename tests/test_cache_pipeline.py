@@ -136,6 +136,22 @@ def test_cached_views_equal_tokenise(tmp_path, synth, odd_clips):
         assert split.audio_missing[i] == want[0].audio_missing
 
 
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_rotated_clips_are_cropped_as_tokenise_crops_them(tmp_path, rotation):
+    # A portrait phone clip: coded 64 x 48 with a display matrix. 64 -> 36 (even) and 48 -> 27 (odd) at s = 27
+    # give crop offsets of different parity on the two axes, so a crop placed by the coded size is a pixel off.
+    y, x = np.mgrid[:48, :64]
+    frames = np.stack([np.stack([(x * 7 + y * 3 + 5 * i) % 256, (x * x + 2 * y + i) % 256,
+                                 (y * y + 3 * x + 9 * i) % 256], -1) for i in range(100)]).astype(np.uint8)
+    path = media.write_video(tmp_path / "portrait.mp4", frames, 25.0, audio=media.tone(440, 4.0, 16000),
+                             rotation=rotation)
+    want = tokenise(path, TINY, start=0.0)
+    assert want.frame_size == ((36, 27) if rotation != 180 else (27, 36))  # upright, as OpenCV decodes it
+    record = ClipRecord("portrait", 0.0, math.inf, (), path=str(path), video="portrait.mp4")
+    split = CachedSplit.load(build_cache([record], TINY, tmp_path, "rot", workers=1, progress=False))
+    assert np.abs(split.example(0)["rgb"] - want.frames).max() <= 1 / 255 + 1e-6
+
+
 def test_interrupted_build_resumes_only_the_missing_shard(tmp_path, synth, monkeypatch):
     root, _ = synth
     records = load_dataset(DataConfig(dir=str(root))).splits["train"]  # 16 clips: shards of 6, 6, 4
@@ -167,6 +183,26 @@ def test_interrupted_build_resumes_only_the_missing_shard(tmp_path, synth, monke
     monkeypatch.setattr(cache_module, "MIN_POOL_CLIPS", 0)
     pooled = CachedSplit.load(build_cache(records, **{**build, "root": tmp_path / "pool", "workers": 2}))
     _assert_same(first, pooled)
+
+
+def test_a_clip_replaced_in_place_is_tokenised_again(tmp_path, odd_clips):
+    records = [dataclasses.replace(r, path=str(shutil.copy(r.path, tmp_path / os.path.basename(r.path))))
+               for r in odd_clips]
+    build = dict(config=TINY, root=tmp_path / "cache", name="eval", workers=1, progress=False, shard_size=1)
+    directory = build_cache(records, **build)
+    shards = sorted(directory.glob("shard_*.npz"))
+    mtimes = [s.stat().st_mtime_ns for s in shards]
+    # Clip 1 becomes other content of the same shape, the file replaced under the same name.
+    frames = np.stack([np.full((48, 66, 3), 30 + 40 * (i % 5), np.uint8) for i in range(150)])
+    new = media.write_video(tmp_path / "new.mp4", frames, 25.0, audio=media.tone(1200, 6.0, 16000))
+    os.replace(new, records[1].path)
+    split = CachedSplit.load(build_cache(records, **build))
+    fresh = tokenise(records[1].path, TINY, start=0.0)  # the cached view: the window at the segment start
+    got = split.example(1)
+    assert np.abs(got["rgb"] - fresh.frames).max() <= 1 / 255 + 1e-6
+    np.testing.assert_array_equal(got["spec"], fresh.spectrogram)
+    assert [s.stat().st_mtime_ns for s in shards][::2] == mtimes[::2]  # the other clips' shards are kept
+    assert shards[1].stat().st_mtime_ns != mtimes[1]
 
 
 def _corrupt_copy(root, tmp_path):
@@ -218,6 +254,36 @@ def test_bad_clip_raises_naming_the_file_or_is_skipped_with_its_label(tmp_path, 
     _assert_same(split, again)
     with pytest.raises(ClipError, match=bad.clip_id):
         tokenised_split(dataset, "train", TINY, 1, progress=False)
+
+
+def test_a_worker_that_dies_names_its_clip_and_skip_goes_on(tmp_path, synth, monkeypatch):
+    import crashing_worker
+
+    root, _ = synth
+    records = load_dataset(DataConfig(dir=str(root))).splits["train"][:6]
+    records[2] = dataclasses.replace(records[2], clip_id=crashing_worker.CRASH_ID)
+    build = dict(config=TINY, name="train", progress=False, shard_size=4)
+    alone = CachedSplit.load(build_cache(records[:2] + records[3:], root=tmp_path / "alone", workers=1, **build))
+    monkeypatch.setattr(cache_module, "MIN_POOL_CLIPS", 0)
+    monkeypatch.setattr(cache_module, "_tokenise_clip", crashing_worker.tokenise_or_die)
+    with pytest.raises(ClipError, match=f"{crashing_worker.CRASH_ID}.*{records[2].path}.*died"):
+        build_cache(records, root=tmp_path / "raise", workers=2, **build)
+    split = CachedSplit.load(build_cache(records, root=tmp_path / "skip", workers=2, on_error="skip", **build))
+    assert [s["clip_id"] for s in split.skipped] == [crashing_worker.CRASH_ID] and "died" in split.skipped[0]["reason"]
+    assert list(split.index) == [0, 1, 3, 4, 5]
+    for k in ("frames", "spec", "padded", "offset", "clip_ids"):  # every other clip as a crash-free build has it
+        np.testing.assert_array_equal(getattr(split, k), getattr(alone, k), err_msg=k)
+
+
+def test_a_split_whose_every_clip_is_skipped_is_refused(tmp_path, synth):
+    root, _ = synth
+    shutil.copy(root / "data_card.md", tmp_path / "data_card.md")
+    (tmp_path / "manifest.csv").write_text("path,split\na.mp4,train\nb.mp4,train\n")
+    for name in ("a.mp4", "b.mp4"):
+        (tmp_path / name).write_bytes(b"not a video " * 50)
+    dataset = load_dataset(DataConfig(dir=str(tmp_path)))
+    with pytest.raises(ValueError, match=r"split 'train' of .*: all 2 clips were skipped as unreadable"):
+        tokenised_split(dataset, "train", TINY, 1, progress=False, on_error="skip")
 
 
 def test_labels_match_the_manifest(synth):

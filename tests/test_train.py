@@ -252,6 +252,58 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     assert steps == list(range(1, 13))
 
 
+def _fit_micro(out):
+    run = micro_run(steps=6, checkpoint_every=2)  # checkpoints at steps 2, 4, 6 (3 kept)
+    split, labels, ids = mock_split(run.model, n=10)
+    it = TrainIterator(split, labels, ids, run.train, run.model, run.model.modalities)
+    fit(run, out, it, it.get_state, it.set_state, label_type="multi_label", steps_per_epoch=2, progress=False)
+
+
+def _array_file(step_dir):
+    """The largest array data file of a checkpoint step."""
+    return max((p for p in (step_dir / "state").rglob("d/*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def _truncate(path):
+    os.truncate(path, path.stat().st_size // 2)
+
+
+def _flip_64_bytes(path):
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path):
+    import shutil
+    from mbt_core.train.checkpoint_integrity import CheckpointError
+
+    straight = tmp_path / "straight"
+    _fit_micro(straight)
+    want = _final_params(straight)
+    for damage in (_truncate, _flip_64_bytes):
+        run_dir = tmp_path / damage.__name__
+        shutil.copytree(straight, run_dir)
+        _damage = _array_file(run_dir / "checkpoints" / "6")
+        damage(_damage)
+        with pytest.warns(UserWarning, match=r"checkpoints/6 is broken .*resuming from step 4"):
+            _fit_micro(run_dir)  # trains steps 5 and 6 again from the checkpoint of step 4
+        jax.tree_util.tree_map(np.testing.assert_array_equal, want, _final_params(run_dir))
+        assert (run_dir / "checkpoints.broken" / "6").is_dir()  # kept for inspection, not deleted
+        steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert steps == list(range(1, 7))
+
+    # Every checkpoint damaged: one error naming the directory and each step, nothing moved.
+    run_dir = tmp_path / "all"
+    shutil.copytree(straight, run_dir)
+    for step in (2, 4, 6):
+        _flip_64_bytes(_array_file(run_dir / "checkpoints" / str(step)))
+    with pytest.raises(CheckpointError, match=rf"{run_dir / 'checkpoints'}: no intact checkpoint; step 6: .*step 2"):
+        _fit_micro(run_dir)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["2", "4", "6"]
+
+
 def test_bfloat16_compute_keeps_float32_master_parameters():
     run = micro_run(compute_dtype="bfloat16")
     split, labels, _ = mock_split(run.model)

@@ -271,9 +271,9 @@ class FusionExplorer(widgets.VBox):
         if self.results is not None:
             text = "mAP:"
             if s["mAP"] is not None:
-                kinds = ", ".join(f"{k} {v:.3f}" for k, v in s["mAP_by_kind"].items())
+                kinds = ", ".join(f"{html.escape(k)} {v:.3f}" for k, v in s["mAP_by_kind"].items())
                 text += f" <b>{s['mAP']:.3f}</b>" + (f" ({kinds})" if kinds else "")
-            self.map_label.value = text + (f" <i>{s['run_note']}</i>" if s["run_note"] else "")
+            self.map_label.value = text + (f" <i>{html.escape(s['run_note'])}</i>" if s["run_note"] else "")
         self._redraw_overlay()
 
     def overlay(self, clip: Any) -> np.ndarray | None:

@@ -9,6 +9,7 @@ T is the grid's time axis: each tubelet's weight is split evenly over its F / T 
 """
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -108,7 +109,7 @@ class RolloutStepper(widgets.VBox):
         widgets.jslink((self.play, "value"), (self.frame_slider, "value"))
         self.image = widgets.Image(format="png", layout=widgets.Layout(width=f"{width}px"))
         self.caption = widgets.HTML()
-        header = [widgets.HTML(f"<b>{title}</b>")] if title else []
+        header = [widgets.HTML(f"<b>{html.escape(title)}</b>")] if title else []  # plain text
         super().__init__([*header, widgets.HBox([self.play, self.frame_slider]), self.layer_slider, self.image,
                           self.caption])
         self.frame_slider.observe(self._redraw, names="value")

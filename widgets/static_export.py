@@ -13,6 +13,7 @@ draws the figure without the page script: there the sliders do nothing.
 """
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -56,8 +57,8 @@ def _title(state: Mapping[str, Any], fusion: str, b: int, lf: int) -> str:
     cost = " / ".join(f"{format_gflops(v)} ({CONVENTION_NAMES[c]})" for c, v in state["gflops"].items())
     score = "mAP " + (f"{state['mAP']:.3f}" if state["mAP"] is not None else "-")
     if state["mAP_by_kind"]:
-        score += " (" + ", ".join(f"{k} {v:.3f}" for k, v in state["mAP_by_kind"].items()) + ")"
-    note = f" [{state['run_note']}]" if state["run_note"] else ""
+        score += " (" + ", ".join(f"{html.escape(k)} {v:.3f}" for k, v in state["mAP_by_kind"].items()) + ")"
+    note = f" [{html.escape(state['run_note'])}]" if state["run_note"] else ""
     b_text = f", B = {b}" if fusion == "bottleneck" else ""
     return (f"<b>{fusion.replace('_', ' ')} fusion, L_f = {lf} of {cfg.num_layers}{b_text}</b><br>"
             f"GFLOPs per clip: {cost}<br>{score}{note}")

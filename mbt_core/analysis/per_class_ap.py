@@ -8,6 +8,7 @@ AP's chance level is a class's positive rate, so the figures mark it per class.
 """
 from __future__ import annotations
 
+import html
 import importlib
 import shutil
 from pathlib import Path
@@ -95,9 +96,10 @@ def top_classes_figure(table: Sequence[Mapping[str, Any]], n: int = 60, title: s
     rows = [r for r in table if not r["excluded"]][:n]
     if not rows:
         raise ValueError("the table has no class with an AP to plot")
-    names = [r["class"] for r in rows]
+    # Class names and kinds come from the data card; plotly.js reads text as HTML, so they go in escaped.
+    names = [html.escape(r["class"]) for r in rows]
     hover = "%{y} (%{customdata})<br>AP %{x:.3f}<extra>%{fullData.name}</extra>"
-    kinds = [r["kind"] or "kind unknown" for r in rows]
+    kinds = [html.escape(r["kind"] or "kind unknown") for r in rows]
     fig = go.Figure()
     for role, name in (("fusion", "fusion"), ("audio", _label(rows[0], "audio")),
                        ("visual", _label(rows[0], "visual"))):
@@ -111,7 +113,7 @@ def top_classes_figure(table: Sequence[Mapping[str, Any]], n: int = 60, title: s
                         marker=dict(symbol="line-ns", size=18, line=dict(width=2, color="black")),
                         customdata=kinds, hovertemplate="%{y}: positive rate %{x:.3f}<extra>chance AP</extra>")
     fig.update_layout(
-        title=title or f"Per-class AP, top {len(rows)} classes by fusion AP",
+        title=html.escape(title) if title else f"Per-class AP, top {len(rows)} classes by fusion AP",
         barmode="group", bargap=0.25, height=140 + 42 * len(rows), template="plotly_white",
         xaxis=dict(title="average precision", range=[0, 1]),
         yaxis=dict(categoryorder="array", categoryarray=names, autorange="reversed"),
@@ -127,14 +129,15 @@ def fusion_gain_figure(table: Sequence[Mapping[str, Any]], n: int = 60, title: s
     gains = [r["gain"] for r in rows]
     best = [_label(r, r["best_unimodal"]) for r in rows]
     wins = sum(g > 0 for g in gains)
+    names = [html.escape(r["class"]) for r in rows]
     fig = go.Figure(go.Bar(
-        name="fusion − best unimodal", y=[r["class"] for r in rows], x=gains, orientation="h",
+        name="fusion − best unimodal", y=names, x=gains, orientation="h",
         marker_color=["#2ca02c" if g > 0 else "#d62728" for g in gains], customdata=best,
         hovertemplate="%{y}: %{x:+.3f} AP over %{customdata}<extra></extra>"))
     fig.update_layout(
-        title=title or f"Fusion gain over the better unimodal model: {wins} of {len(rows)} classes improve",
+        title=html.escape(title) if title else f"Fusion gain over the better unimodal model: {wins} of {len(rows)} classes improve",
         height=140 + 22 * len(rows), template="plotly_white", xaxis=dict(title="AP gain", zeroline=True),
-        yaxis=dict(categoryorder="array", categoryarray=[r["class"] for r in rows], autorange="reversed"))
+        yaxis=dict(categoryorder="array", categoryarray=names, autorange="reversed"))
     return fig
 
 

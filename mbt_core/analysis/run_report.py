@@ -1,9 +1,11 @@
 """What a set of run directories shows: training curves and evaluation summaries, as plotly figures/rows.
 
-AP's chance level is the positive rate, not 0.5, so summaries carry both.
+AP's chance level is the positive rate, not 0.5, so summaries carry both. Run and kind names are the
+user's: figures show them escaped (plotly.js reads text as HTML); `eval_summary` rows keep them as they are.
 """
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Mapping
 
@@ -17,6 +19,7 @@ def training_curves(run_dirs: Mapping[str, str | Path]) -> go.Figure:
     fig = go.Figure()
     for name, run_dir in run_dirs.items():
         rows = read_metrics(run_dir)
+        name = html.escape(name)
         fig.add_trace(go.Scatter(x=[r["step"] for r in rows], y=[r["loss"] for r in rows], mode="lines", name=name))
         val = [r for r in rows if "val_mAP" in r]
         if val:
@@ -45,5 +48,6 @@ def eval_summary(run_dirs: Mapping[str, str | Path]) -> list[dict]:
 def summary_table(rows: list[dict]) -> go.Figure:
     """A plotly table of `eval_summary` rows."""
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    return go.Figure(go.Table(header=dict(values=columns),
-                              cells=dict(values=[[r.get(c, "") for r in rows] for c in columns])))
+    text = lambda value: html.escape(value) if isinstance(value, str) else value
+    return go.Figure(go.Table(header=dict(values=[text(c) for c in columns]),
+                              cells=dict(values=[[text(r.get(c, "")) for r in rows] for c in columns])))

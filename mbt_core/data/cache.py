@@ -10,8 +10,9 @@ it (`CachedSplit.train_example`) and evaluation takes the central S x S crop (`C
 which is exactly the crop `tokenise` takes. (Official training crops from the full width; a square keeps
 every clip the same shape, so wide videos lose their sides in training.)
 
-Shards are written atomically and record the clips they hold, so an interrupted build resumes and a
-changed clip list rebuilds only the shards whose clips changed. Bad clips raise (naming the file) or,
+Shards are written atomically and record the clips they hold (ids, spans, and each file's size and
+modification time), so an interrupted build resumes, and a changed clip list or a clip file replaced in
+place rebuilds only the shards whose clips changed. Bad clips raise (naming the file) or,
 with on_error="skip", are recorded in meta.json and reported once; a loaded split says which clips it holds.
 """
 from __future__ import annotations
@@ -19,10 +20,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
 import zipfile
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,6 +32,7 @@ from tqdm.auto import tqdm
 
 from mbt_core.config import MBTConfig
 from mbt_core.data.tokenise import Preprocess, views
+from mbt_core.data.worker_pool import CrashSafePool
 from mbt_core.datasets.records import ClipRecord, check_on_error
 from mbt_core.media import video
 from mbt_core.media.images import to_uint8
@@ -73,16 +73,25 @@ def limit_threads(*_: Any) -> None:
     cv2.setNumThreads(1)
 
 
+def _file_state(path: str | None) -> str:
+    """Size and modification time (ns) of a clip file: a file replaced in place changes them."""
+    try:
+        stat = os.stat(path)
+    except (OSError, TypeError):  # a missing file fails when tokenised, naming it
+        return "missing"
+    return f"{stat.st_size}\t{stat.st_mtime_ns}"
+
+
 def _sources(records: Sequence[ClipRecord]) -> str:
-    """A hash of what the tokens of `records` come from: ids, source videos and spans, in order."""
-    text = "\n".join(f"{r.clip_id}\t{r.video}\t{r.start!r}\t{r.end!r}" for r in records)
+    """A hash of what the tokens of `records` come from: ids, source videos, spans and the files' states, in order."""
+    text = "\n".join(f"{r.clip_id}\t{r.video}\t{r.start!r}\t{r.end!r}\t{_file_state(r.path)}" for r in records)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _eval_offset(info: video.MediaInfo, size: int, side: int) -> tuple[int, int]:
+def _eval_offset(frame_size: tuple[int, int], size: int, side: int) -> tuple[int, int]:
     """Top/left of `tokenise`'s central S crop within the stored central s-square (floor halving: parity-dependent)."""
-    # The frame size the decoder's resize gives, from the same function.
-    h, w = video.resize_short_side(np.zeros((info.height, info.width), np.uint8), side).shape[:2]
+    # The size of the frames as decoded (a rotated clip's frames come upright) and resized to short side s.
+    h, w = frame_size
     return (h - size) // 2 - (h - side) // 2, (w - size) // 2 - (w - side) // 2
 
 
@@ -97,13 +106,17 @@ def _tokenise_clip(args: tuple[ClipRecord, MBTConfig, Preprocess, int]) -> dict[
     try:
         got = views(record.path, square, num_views, start=record.start, end=end,
                     preprocess=dataclasses.replace(preprocess, short_side_ratio=1.0))
-        offset = _eval_offset(video.probe(record.path), config.image_size, side)
+        offset = _eval_offset(got[0].frame_size, config.image_size, side)
     except _BAD_CLIP as e:
         return {"error": f"{type(e).__name__}: {e}"}
     frames = np.stack([to_uint8(v.frames) for v in got])
     return {"frames": frames, "spec": np.stack([v.spectrogram for v in got]).astype(np.float32),
             "padded": np.asarray(any(v.padded for v in got)), "audio_missing": np.asarray(got[0].audio_missing),
             "offset": np.asarray(offset, np.int16)}
+
+
+def _worker_died(args: tuple[ClipRecord, MBTConfig, Preprocess, int]) -> dict[str, Any]:
+    return {"error": "the worker process tokenising this clip died (a crash in a native decoder?)"}
 
 
 def _shard_path(directory: Path, n: int) -> Path:
@@ -133,7 +146,7 @@ def _report(name: str, directory: Path, skipped: list[dict[str, Any]], total: in
 
 
 def _write_shard(directory: Path, n: int, shard: range, records: Sequence[ClipRecord], results: list[dict],
-                 config: MBTConfig, preprocess: Preprocess, num_views: int) -> None:
+                 source: str, config: MBTConfig, preprocess: Preprocess, num_views: int) -> None:
     good = [(i, r) for i, r in zip(shard, results) if "error" not in r]
     side = stored_size(config, preprocess)
     empty = {"frames": np.zeros((0, num_views, config.rgb_frames, side, side, 3), np.uint8),
@@ -146,7 +159,7 @@ def _write_shard(directory: Path, n: int, shard: range, records: Sequence[ClipRe
              clip_ids=np.asarray([records[i].clip_id for i, _ in good], dtype=str),
              skipped_index=np.asarray([i for i, _ in bad], np.int64),
              skipped_reason=np.asarray([reason for _, reason in bad], dtype=str),
-             source=np.asarray(_sources([records[i] for i in shard])), **arrays)
+             source=np.asarray(source), **arrays)
     os.replace(tmp, _shard_path(directory, n))
 
 
@@ -190,22 +203,22 @@ def build_cache(records: Sequence[ClipRecord], config: MBTConfig, root: str | Pa
     remaining = sum(len(shards[n]) for n in todo)
     bar = tqdm(total=len(records), initial=len(records) - remaining, desc=f"tokenise {name}", unit="clip",
                disable=not progress)
-    # spawn: forking a process that has imported JAX can deadlock.
-    pool = (ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), initializer=limit_threads)
-            if workers > 1 and remaining > MIN_POOL_CLIPS else None)
+    pool = CrashSafePool(workers, limit_threads) if workers > 1 and remaining > MIN_POOL_CLIPS else None
     try:
         for n in todo:
             jobs = [(records[i], config, preprocess, num_views) for i in shards[n]]
+            source = _sources([records[i] for i in shards[n]])  # the files' states before they are read
             results = []
-            for i, result in zip(shards[n], pool.map(_tokenise_clip, jobs) if pool else map(_tokenise_clip, jobs)):
+            got = pool.map(_tokenise_clip, jobs, _worker_died) if pool else map(_tokenise_clip, jobs)
+            for i, result in zip(shards[n], got):
                 if "error" in result and on_error == "raise":
                     raise ClipError(_clip_message(records[i], result["error"]))
                 results.append(result)
                 bar.update(1)
-            _write_shard(directory, n, shards[n], records, results, config, preprocess, num_views)
+            _write_shard(directory, n, shards[n], records, results, source, config, preprocess, num_views)
     finally:
         if pool:
-            pool.shutdown(cancel_futures=True)
+            pool.shutdown()
         bar.close()
     for stale in directory.glob("shard_*.npz"):  # left by a longer clip list
         if int(stale.stem.split("_")[1]) >= len(shards):

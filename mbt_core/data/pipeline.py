@@ -101,6 +101,9 @@ def tokenised_split(dataset: Dataset, split: str, config: MBTConfig, num_views: 
     directory = build_cache(records, config, dataset.root / ".token_cache", split, num_views=num_views,
                             preprocess=preprocess, progress=progress, on_error=on_error)
     cached = CachedSplit.load(directory)
+    if not len(cached):
+        raise ValueError(f"split {split!r} of {dataset.root}: all {len(records)} clips were skipped as unreadable "
+                         f"(listed in {directory / 'meta.json'})")
     if list(cached.clip_ids) != [records[i].clip_id for i in cached.index]:
         raise ValueError(f"token cache {directory}: its clip ids do not match split {split!r} of {dataset.root}")
     return cached

@@ -75,6 +75,7 @@ class View:
     spec_start: float  # the window of the spectrogram: the same unless sampled asynchronously
     spec_end: float
     frame_times: np.ndarray  # (F,) times of the sampled frames (s)
+    frame_size: tuple[int, int]  # (h, w) of the decoded frames (rotation applied) after the short-side resize
     rgb_grid: tuple[int, ...]  # config.grid("rgb"): (t, h, w) patches
     spec_grid: tuple[int, ...]  # config.grid("spec"): (time, freq) patches
     rgb_patch: tuple[int, ...]  # config.patch_shape("rgb"): (tubelet, h, w)
@@ -174,7 +175,8 @@ def _make_views(info: video.MediaInfo, config: MBTConfig, windows: list[tuple[fl
             spectrogram=spectra[i],
             padded=bool(spec_padded[i] or (times[i] < v_lo - _TIME_TOL_S).any() or (times[i] >= v_hi).any()),
             audio_missing=missing, start=rgb_start, end=rgb_start + t, spec_start=spec_start,
-            spec_end=spec_start + t, frame_times=times[i], rgb_grid=config.grid("rgb"),
+            spec_end=spec_start + t, frame_times=times[i], frame_size=tuple(frames.shape[2:4]),
+            rgb_grid=config.grid("rgb"),
             spec_grid=config.grid("spec"), rgb_patch=config.patch_shape("rgb"),
             spec_patch=config.patch_shape("spec"), path=info.path))
     return out

@@ -12,6 +12,7 @@ import os
 
 from mbt_core.datasets.records import (AnnotationError, ClipRecord, check_columns, check_span,
                                        csv_rows, parse_rows, parse_seconds)
+from mbt_core.datasets.splits import checked
 
 SEGMENT_COLUMNS = "YTID, start_seconds, end_seconds, positive_labels"
 
@@ -58,4 +59,4 @@ def read_audioset(segments_csv: str | os.PathLike, class_labels_csv: str | os.Pa
     # The re-saved form's header row is the official form's last comment line without its `#`.
     rows = ((line, row) for line, row in csv_rows(segments_csv, comments=True, skipinitialspace=True)
             if row[0] != "YTID")
-    return parse_rows(segments_csv, rows, parse, on_error)
+    return checked(parse_rows(segments_csv, rows, parse, on_error))

@@ -19,6 +19,7 @@ import yaml
 
 from mbt_core.config import LABEL_TYPES
 from mbt_core.package_files import shipped_dir
+from mbt_core.datasets.records import read_utf8
 
 SECTIONS = ("Provenance", "Intended uses", "Unsuitable uses", "Known biases and limitations",
             "Availability")
@@ -61,7 +62,7 @@ def check_classes(path: Path, label_type: Any, classes: Any) -> None:
 def read_card(path_or_name: str | os.PathLike) -> dict[str, Any]:
     """A data card's front matter, plus `sections` (heading -> text) and `path`."""
     path = card_path(path_or_name)
-    match = FRONT_MATTER.match(path.read_text(encoding="utf-8"))
+    match = FRONT_MATTER.match(read_utf8(path))
     if not match:
         raise ValueError(f"{path}: a data card must start with `---` YAML front matter `---`")
     try:
@@ -95,7 +96,7 @@ def availability_record(ids: Iterable[str], date: str | None = None) -> dict[str
 def write_card_fields(path: str | os.PathLike, **fields: Any) -> Path:
     """Set front-matter keys of a data card file, keeping every other key and the prose as they are."""
     path = Path(path)
-    match = FRONT_MATTER.match(path.read_text(encoding="utf-8"))
+    match = FRONT_MATTER.match(read_utf8(path))
     if not match:
         raise ValueError(f"{path}: a data card must start with `---` YAML front matter `---`")
     front = yaml.safe_load(match.group(1)) or {}

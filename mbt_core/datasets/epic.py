@@ -14,6 +14,7 @@ import os
 
 from mbt_core.datasets.records import (AnnotationError, ClipRecord, HeadLabels, check_columns,
                                        check_span, csv_rows, parse_rows)
+from mbt_core.datasets.splits import checked
 
 COLUMNS = ("narration_id", "video_id", "start_timestamp", "stop_timestamp", "verb_class",
            "noun_class")
@@ -86,7 +87,7 @@ def read_epic(annotations_csv: str | os.PathLike, verb_classes_csv: str | os.Pat
         return ClipRecord(field["narration_id"], start, end, labels, video=field["video_id"],
                           split=split)
 
-    return parse_rows(annotations_csv, rows, parse, on_error)
+    return checked(parse_rows(annotations_csv, rows, parse, on_error))
 
 
 def read_epic_video_info(video_info_csv: str | os.PathLike) -> dict[str, VideoInfo]:

@@ -10,6 +10,8 @@ One row (CSV) or one JSON object per line (`.jsonl`, `.ndjson`) per clip, with f
 - `split` (optional): e.g. `train`, `test`. `clip_id` (optional): defaults to `path`, plus
   `@start-end` when the row gives a start or an end, so that clips cut from one file stay distinct.
 
+A file without clip rows, or a clip listed twice in a split with another span or labels, or in two
+splits, is an error; a row repeated exactly is dropped with a warning (`splits.checked_records`).
 Other fields are ignored. Labels become the sorted tuple of class indices (`multi_label`;
 single-label data gives 1-tuples). The class list is `classes` when given (an unknown name is an
 error), else the sorted names found in the file, so pass the training list when reading a test set.
@@ -31,7 +33,8 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from mbt_core.datasets.records import (AnnotationError, ClipRecord, Records, check_on_error, check_span,
-                                       csv_rows, parse_rows, parse_seconds)
+                                       csv_rows, parse_rows, parse_seconds, utf8_lines)
+from mbt_core.datasets.splits import checked
 
 MANIFEST_PATTERN = "{video}"
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -42,14 +45,13 @@ def manifest_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]
     # A row that cannot be read yields {None: reason} (like csv.DictReader's rest key), so that
     # `parse` raises or skips it with the other bad rows.
     if Path(path).suffix.lower() in JSONL_SUFFIXES:
-        with open(path, encoding="utf-8-sig") as f:
-            for line, text in enumerate(f, 1):
-                if text.strip():
-                    try:
-                        row = json.loads(text)
-                    except json.JSONDecodeError as e:
-                        row = {None: f"invalid JSON: {e}"}
-                    yield line, row if isinstance(row, dict) else {None: "not a JSON object"}
+        for line, text in enumerate(utf8_lines(path), 1):
+            if text.strip():
+                try:
+                    row = json.loads(text)
+                except json.JSONDecodeError as e:
+                    row = {None: f"invalid JSON: {e}"}
+                yield line, row if isinstance(row, dict) else {None: "not a JSON object"}
         return
     rows = csv_rows(path)
     _, header = next(rows, (1, []))
@@ -107,7 +109,7 @@ def read_manifest(path: str | os.PathLike, classes: Sequence[str] | None = None,
         split = text(row, "split") or None
         return ClipRecord(clip_id, start, end, names, video=video, split=split)
 
-    records = parse_rows(path, manifest_rows(path), parse, on_error)
+    records = checked(parse_rows(path, manifest_rows(path), parse, on_error))
     if classes is None:
         classes = sorted({name for record in records for name in record.labels})
     index = {name: i for i, name in enumerate(classes)}

@@ -111,20 +111,44 @@ class MissingReport:
                 f"(pattern {self.pattern!r})" + (f"\n{head}{more}" if head else ""))
 
 
+def _not_utf8(path: str | os.PathLike, line: int, raw: bytes, error: UnicodeDecodeError) -> AnnotationError:
+    column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
+    return AnnotationError(path, line, f"byte {raw[error.start]:#04x} at column {column} is not UTF-8 "
+                           f"(re-save the file as UTF-8)")
+
+
+def utf8_lines(path: str | os.PathLike) -> Iterator[str]:
+    """The lines of a UTF-8 text file (line endings kept, a byte-order mark dropped); bad bytes name the line."""
+    with open(path, "rb") as f:
+        for line, raw in enumerate(f, 1):
+            try:
+                # utf-8-sig on the first line: spreadsheet re-saves often start with a byte-order mark.
+                yield raw.decode("utf-8-sig" if line == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise _not_utf8(path, line, raw, e) from None
+
+
+def read_utf8(path: str | os.PathLike) -> str:
+    """A whole UTF-8 text file (a byte-order mark dropped); bad bytes raise naming the file and line."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, data.count(b"\n", 0, e.start) + 1, data, e) from None
+
+
 def csv_rows(path: str | os.PathLike, *, comments: bool = False,
              skipinitialspace: bool = False) -> Iterator[tuple[int, list[str]]]:
-    """Yield (line number, fields) for each non-blank row of a CSV file."""
-    # utf-8-sig: spreadsheet re-saves often start with a byte-order mark.
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        # Comment lines become blank ones, so csv's line numbers stay those of the file.
-        lines = ("\n" if comments and line.startswith("#") else line for line in f)
-        reader = csv.reader(lines, skipinitialspace=skipinitialspace)
-        try:
-            for row in reader:
-                if any(field.strip() for field in row):
-                    yield reader.line_num, [field.strip() for field in row]
-        except csv.Error as e:
-            raise AnnotationError(path, reader.line_num, f"malformed CSV: {e}") from e
+    """Yield (line number, fields) for each non-blank row of a UTF-8 CSV file."""
+    # Comment lines become blank ones, so csv's line numbers stay those of the file.
+    lines = ("\n" if comments and line.startswith("#") else line for line in utf8_lines(path))
+    reader = csv.reader(lines, skipinitialspace=skipinitialspace)
+    try:
+        for row in reader:
+            if any(field.strip() for field in row):
+                yield reader.line_num, [field.strip() for field in row]
+    except csv.Error as e:
+        raise AnnotationError(path, reader.line_num, f"malformed CSV: {e}") from e
 
 
 def check_on_error(on_error: str) -> None:

@@ -15,6 +15,7 @@ from typing import Sequence
 from mbt_core.datasets.cards import read_card
 from mbt_core.datasets.records import (AnnotationError, ClipRecord, check_columns, csv_rows,
                                        parse_rows, parse_seconds)
+from mbt_core.datasets.splits import checked
 
 CLIP_SECONDS = 10.0
 
@@ -61,4 +62,4 @@ def read_vggsound(csv: str | os.PathLike, classes: Sequence[str] | None = None, 
 
     headers = ("YTID", "ytid", "file")  # a re-saved copy may carry a header row
     rows = ((line, row) for line, row in csv_rows(csv, comments=True) if row[0] not in headers)
-    return parse_rows(csv, rows, parse, on_error)
+    return checked(parse_rows(csv, rows, parse, on_error))

@@ -37,17 +37,21 @@ class Waveform:
     rate: int = SAMPLE_RATE
 
 
-def _mono(frame: av.AudioFrame) -> np.ndarray:
-    """One decoded frame as float32 mono in [-1, 1]: any sample format, channels averaged."""
-    x = frame.to_ndarray()
-    channels = frame.layout.nb_channels
-    if not frame.format.is_planar:  # interleaved samples: (1, n * channels)
-        x = x.reshape(-1, channels).T
-    if x.dtype == np.uint8:
-        x = (x.astype(np.float32) - 128.0) / 128.0
-    elif x.dtype.kind == "i":
-        x = x.astype(np.float32) / float(-np.iinfo(x.dtype).min)
-    return x.astype(np.float32).mean(axis=0)
+# FFmpeg's default downmix (ITU-R BS.775: centre and surround channels at -3 dB, LFE dropped), scaled so
+# that the weights sum to 1: stereo becomes the mean of its channels, and no mix exceeds full scale.
+DOWNMIX = {"rematrix_maxval": "1.0"}
+
+
+def _mono(frame: av.AudioFrame, resamplers: dict | None = None) -> np.ndarray:
+    """One decoded frame as float32 mono in [-1, 1]: any sample format and channel layout, downmixed (DOWNMIX)."""
+    # libswresample reads the frame in C: numpy never touches a planar frame of 8+ channels (PyAV 18
+    # reports one plane too many for those, and reading it crashes the process).
+    resamplers = {} if resamplers is None else resamplers
+    key = (frame.format.name, frame.layout.name, frame.sample_rate)
+    if key not in resamplers:
+        resamplers[key] = av.AudioResampler(format="flt", layout="mono", rate=frame.sample_rate, options=DOWNMIX)
+    out = resamplers[key].resample(frame)
+    return np.concatenate([f.to_ndarray().reshape(-1) for f in out]) if out else np.zeros(0, np.float32)
 
 
 class _SeekMissed(Exception):
@@ -69,6 +73,7 @@ def _decode(path: str, lo: float, hi: float, origin: float,
             container.seek(int((lo + origin - _SEEK_AFTER_S / 2) / tb), stream=stream)
         # The decoder's rate, not the container's: they differ for HE-AAC (SBR doubles the rate).
         rate, samples, valid, first, expected = stream.codec_context.sample_rate, None, None, 0, None
+        resamplers: dict = {}
         for frame in container.decode(stream):
             if frame.pts is None:
                 raise VideoDecodeError(f"{path}: audio frame without a timestamp")
@@ -88,7 +93,7 @@ def _decode(path: str, lo: float, hi: float, origin: float,
             # A coarse container clock (Matroska: 1 ms) jitters contiguous frames: keep them contiguous.
             if expected is not None and abs(i - expected) <= math.ceil(tb * rate) + 1:
                 i = expected
-            x = _mono(frame)
+            x = _mono(frame, resamplers)
             expected = i + len(x)
             a, b = max(i, 0), min(i + len(x), len(samples))
             if b > a:

@@ -44,7 +44,7 @@ class MediaInfo:
     video_start: float  # first and end of the video stream's frames
     video_end: float
     fps: float  # average frame rate as declared (informative: sampling uses timestamps)
-    width: int
+    width: int  # coded size: a clip with rotation metadata decodes to frames of height x width
     height: int
     has_audio: bool
 

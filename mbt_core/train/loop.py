@@ -26,6 +26,7 @@ from mbt_core.data.augment import mixup
 from mbt_core.model.model import MBT, dummy_inputs
 from mbt_core.recipes import RunConfig
 from mbt_core.run_dir import MetricsLog, trim_metrics, write_config
+from mbt_core.train.checkpoint_integrity import restore_intact, write_checksums
 from mbt_core.train.losses import mbt_loss
 from mbt_core.train.optim import make_optimizer
 
@@ -104,22 +105,33 @@ def checkpoint_manager(directory: Path, keep: int) -> ocp.CheckpointManager:
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, data_state: dict) -> None:
-    """Write one checkpoint at the state's step (atomic: an interrupted write is never read back)."""
+    """Write one checkpoint at the state's step (atomic: an interrupted write is never read back), with checksums."""
     step = int(state.step)
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                data=ocp.args.JsonSave(data_state)), force=True)
     manager.wait_until_finished()
+    if jax.process_index() == 0:
+        write_checksums(Path(manager.directory) / str(step))
 
 
 def restore(manager: ocp.CheckpointManager, template: TrainState) -> tuple[TrainState, dict] | None:
-    """The latest (state, data iterator state), or None when there is no checkpoint."""
-    step = manager.latest_step()
-    if step is None:
-        return None
+    """The latest intact (state, data iterator state), or None when there is no checkpoint.
+
+    A damaged newer checkpoint is moved aside with a warning (`checkpoint_integrity`); none intact raises.
+    """
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
-    got = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                        data=ocp.args.JsonRestore()))
-    return got.state, got.data
+
+    def load(step: int) -> tuple[TrainState, dict]:
+        got = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                            data=ocp.args.JsonRestore()))
+        return got.state, got.data
+
+    found = restore_intact(Path(manager.directory), manager.all_steps(), load)
+    if found is None:
+        return None
+    if found[0] != manager.latest_step():
+        manager.reload()  # broken newer steps were moved aside
+    return found[1]
 
 
 @dataclasses.dataclass
