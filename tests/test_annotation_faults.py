@@ -129,4 +129,5 @@ def test_mbt_tokenise_on_a_header_only_manifest_fails_naming_it(tmp_path, capsys
     shutil.copy(REPO / "data_cards" / "vggsound.md", tmp_path / "data_card.md")
     with pytest.raises(SystemExit) as done:
         cli.main(["tokenise", "--data", str(tmp_path)])
-    assert done.value.code != 0 and "manifest.csv" in str(done.value.code) and "no clips" in str(done.value.code)
+    [line] = capsys.readouterr().err.splitlines()
+    assert done.value.code == 2 and line.startswith("mbt tokenise: ") and "manifest.csv" in line and "no clips" in line

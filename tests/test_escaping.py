@@ -105,7 +105,8 @@ def test_run_report_figures(tmp_path):
     run_dir.mkdir()
     (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
     (run_dir / "eval.json").write_text(json.dumps({"mAP": 0.5, "num_clips": 4, "mAP_by_kind": {HOSTILE: 0.5},
-                                                   "positive_rate_by_kind": {HOSTILE: 0.1}}))
+                                                   "positive_rate_by_kind": {HOSTILE: 0.1},
+                                                   "per_class_ap": {HOSTILE: 0.5}}))
     _assert_figure_escaped(run_report.training_curves({HOSTILE: run_dir}))
     _assert_figure_escaped(run_report.summary_table(run_report.eval_summary({HOSTILE: run_dir})))
 

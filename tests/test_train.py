@@ -254,9 +254,8 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
 
 def _fit_micro(out):
     run = micro_run(steps=6, checkpoint_every=2)  # checkpoints at steps 2, 4, 6 (3 kept)
-    split, labels, ids = mock_split(run.model, n=10)
-    it = TrainIterator(split, labels, ids, run.train, run.model, run.model.modalities)
-    fit(run, out, it, it.get_state, it.set_state, label_type="multi_label", steps_per_epoch=2, progress=False)
+    split, labels, _ = mock_split(run.model, n=10)
+    train_and_evaluate(run, out, TrainData(TrainIterator(split, labels, run), "multi_label", 2), progress=False)
 
 
 def _array_file(step_dir):
