@@ -99,6 +99,15 @@ def test_notebook_badges_and_install_cells_use_the_project_url():
         assert all(f'"{p}"' in install for p in ("jax", "jaxlib", "libtpu", "numpy")), name
 
 
+def test_install_cell_leaves_an_installed_mbt_alone(tmp_path):
+    """Re-running the Colab cell where mbt is installed says so and runs no pip (the spec here would fail)."""
+    got = subprocess.run([sys.executable, str(ROOT / ".ci" / "colab_cell.py"),
+                          str(ROOT / "notebooks" / f"{NOTEBOOKS[0]}.ipynb"), str(tmp_path / "no-such-spec")],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert "mbt is already installed" in got.stdout and "devices:" in got.stdout
+
+
 def test_wheel_ships_code_cards_and_notebooks(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)],
                    check=True, capture_output=True, timeout=600, cwd=tmp_path)
