@@ -15,6 +15,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import av  # noqa: E402
 import librosa  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -337,12 +338,29 @@ def test_kinds_select_the_classes(tmp_path):
     assert all(r.labels in ((), (0,), (1,), (0, 1)) for r in records)
 
 
-def test_cli_with_two_workers_writes_the_same_bytes_as_generate(small, tmp_path):
+def assert_same_clip(a: Path, b: Path) -> None:
+    """Two renderings of one clip: the same fingerprint and audio, frames equal up to x264's run-to-run noise.
+
+    libx264 at threads=1 still gives a few different bytes from one encode of the same frames to the next
+    (seen here: about 1 in 3 encodes, mean 1.5 grey levels apart), so bytes are not compared.
+    """
+    with av.open(str(a)) as fa, av.open(str(b)) as fb:
+        assert fa.metadata["comment"] == fb.metadata["comment"]  # the fingerprint of the clip's parameters
+    config = MBTConfig.preset("tiny")
+    views = [tokenise(p, config) for p in (a, b)]
+    assert views[0].frames.shape == views[1].frames.shape
+    np.testing.assert_array_equal(views[0].spectrogram, views[1].spectrogram)
+    assert np.abs(views[0].frames - views[1].frames).mean() < 0.05  # [-1, 1] scale: < 3% of a grey level range
+
+
+def test_cli_with_two_workers_writes_the_same_data_as_generate(small, tmp_path):
     subprocess.run([sys.executable, "-m", "mbt_core.cli", "synth", "--out", str(tmp_path), "--num-clips", "12",
                     "--seed", "5"], check=True, timeout=300, cwd=ROOT)
-    names = ["manifest.csv", "attributes.csv", "data_card.md"] + [f"clips/synth_{i:06d}.mp4" for i in range(12)]
-    match, mismatch, errors = filecmp.cmpfiles(small.out_dir, tmp_path, names, shallow=False)
+    match, mismatch, errors = filecmp.cmpfiles(small.out_dir, tmp_path, ["manifest.csv", "attributes.csv",
+                                                                         "data_card.md"], shallow=False)
     assert (mismatch, errors) == ([], [])
+    for i in range(12):
+        assert_same_clip(Path(small.out_dir) / "clips" / f"synth_{i:06d}.mp4", tmp_path / "clips" / f"synth_{i:06d}.mp4")
 
 
 def test_rerun_keeps_valid_clips_and_rewrites_missing_or_broken_ones(small, tmp_path):
@@ -353,7 +371,7 @@ def test_rerun_keeps_valid_clips_and_rewrites_missing_or_broken_ones(small, tmp_
     broken.write_bytes(broken.read_bytes()[:1000])  # truncated
     result = synth.generate(out, num_clips=12, seed=5, workers=1, progress=False)
     assert (result.written, result.kept) == (2, 10)
-    assert filecmp.cmp(broken, Path(small.out_dir) / "clips" / "synth_000007.mp4", shallow=False)
+    assert_same_clip(broken, Path(small.out_dir) / "clips" / "synth_000007.mp4")
     # Other parameters change the clips' content: every clip is rewritten.
     assert synth.generate(out, num_clips=12, seed=5, difficulty=0.3, workers=1, progress=False).written == 12
 

@@ -1,7 +1,7 @@
 """Write mp4 files with PyAV: H.264 or MPEG-4 video from uint8 RGB frames, AAC audio from float samples.
 
 Used by the synthetic benchmark (`mbt synth`) and by the tests that need real video files on disk.
-Encoders run single-threaded, so the same frames and samples give the same bytes on one machine.
+Encoders run single-threaded; libx264 still varies a few bytes from one encode of the same frames to the next.
 """
 from __future__ import annotations
 
