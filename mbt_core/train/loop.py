@@ -142,8 +142,11 @@ def checkpoint_manager(directory: Path, keep: int) -> ocp.CheckpointManager:
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, data_state: dict) -> None:
-    """Write one checkpoint at the state's step (atomic: an interrupted write is never read back), with checksums."""
+    """Write one checkpoint at the state's step (atomic: an interrupted write is never read back), with checksums;
+    a step already saved (the checkpoint a stopped run resumed from) is kept as it is."""
     step = int(state.step)
+    if step in manager.all_steps():
+        return
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                data=ocp.args.JsonSave(data_state)), force=True)
     manager.wait_until_finished()
@@ -212,8 +215,7 @@ def train_and_evaluate(run: RunConfig, workdir: str | Path, data: TrainData, *, 
     with MetricsLog(out) as log, stop_requests() as stop:
         for step in range(start, cfg.steps):
             if stop.signum is not None:
-                if manager.latest_step() != step:
-                    save(manager, state, data.batches.get_state())
+                save(manager, state, data.batches.get_state())
                 bar.close()
                 raise TrainingInterrupted(stop.signum, step, out)
             batch = dict(next(data.batches))
