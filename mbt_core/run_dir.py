@@ -8,8 +8,9 @@ the sweep directory. A sweep row records its setting as data (fusion, L_f, B, L)
 
 A run directory holds one run: training into it again resumes only with the configuration it was started
 with (`check_resume`, before anything is written). Only fields that change no trained number may differ
-(`MAY_DIFFER`: how often to log, checkpoint and validate, how many checkpoints to keep, evaluation views,
-data-loading processes and the unused cache switch); `set_aside` moves a run's files into
+(`MAY_DIFFER`: how often to log, checkpoint and validate, how many checkpoints to keep, evaluation views
+and the cache switch; not the data-loading processes, whose number shapes the checkpointed iterator state);
+`set_aside` moves a run's files into
 `previous/<n>/` so that `mbt train --restart` starts over without deleting anything.
 """
 from __future__ import annotations
@@ -91,8 +92,9 @@ def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> RunConfig:
 
 # ----- one run per directory -----
 # Fields that change no trained number (parameters, data order, random streams): a resumed run may change them.
+# Not data.workers: the data iterator's checkpointed state has one entry per worker process.
 MAY_DIFFER = frozenset({"train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every",
-                        "train.eval_views", "data.workers", "data.cache"})
+                        "train.eval_views", "data.cache"})
 PREVIOUS = "previous"  # where `set_aside` moves an earlier run's files
 RUN_FILES = (CONFIG, METRICS, "checkpoints", "checkpoints.broken", "best", "best.json", EVAL, SCORES, PER_CLASS_AP)
 

@@ -77,7 +77,7 @@ def test_a_changed_config_is_refused_before_anything_is_written(tmp_path):
     assert run_dir.read_config(tmp_path).train.log_every == 2
     assert [r["step"] for r in run_dir.read_metrics(tmp_path)] == [1, 2, 3, 4]
     assert set(run_dir.MAY_DIFFER) == {"train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                                       "train.eval_every", "train.eval_views", "data.workers", "data.cache"}
+                                       "train.eval_every", "train.eval_views", "data.cache"}
 
 
 def test_set_aside_moves_a_run_and_nothing_is_deleted(tmp_path):
