@@ -24,14 +24,14 @@ USAGE_ERROR, INTERNAL_ERROR = 2, 1
 
 
 def parse_overrides(pairs: list[str]) -> dict:
-    """MBTConfig `field=value` strings to a dict, each value checked against the field's type."""
+    """MBTConfig `field=value` (or `model.field=value`) strings to a dict, each value checked against the field's type."""
     from mbt_core.recipes import parse_override
 
     out = {}
     for pair in pairs:
         if "=" not in pair:
             raise ValueError(f"override {pair!r}: expected key=value")
-        _, key, value = parse_override(f"model.{pair}")
+        _, key, value = parse_override(pair if pair.startswith("model.") else f"model.{pair}")
         out[key] = value
     return out
 

@@ -295,27 +295,12 @@ def test_workers_end_when_their_parent_is_killed(tmp_path, pool):
 
 # ----- class 10: interrupts and the command line -----
 INTERRUPTIBLE = textwrap.dedent("""
-    import sys, time
+    import sys
     sys.path.insert(0, "tests")
-    from test_train import micro_run, mock_split
+    from test_train import slow_fit
     from mbt_core import cli
-    from mbt_core.data.pipeline import TrainIterator
-    from mbt_core.train.loop import TrainData, train_and_evaluate
     out, slow = sys.argv[1], float(sys.argv[2])
-    run = micro_run(steps=12, checkpoint_every=5, log_every=1)
-    split, labels, ids = mock_split(run.model, n=10)
-    it = TrainIterator(split, labels, run)
-
-    class Slow:
-        get_state, set_state = it.get_state, it.set_state
-        def __iter__(self):
-            return self
-        def __next__(self):
-            time.sleep(slow)
-            return next(it)
-
-    sys.exit(cli.guarded("train", lambda: train_and_evaluate(run, out, TrainData(Slow(), "multi_label", 2),
-                                                             progress=False)))
+    sys.exit(cli.guarded("train", lambda: slow_fit(out, slow, steps=12, checkpoint_every=5, log_every=1)))
 """)
 
 
