@@ -31,6 +31,8 @@ def parse_overrides(pairs: list[str]) -> dict:
     for pair in pairs:
         if "=" not in pair:
             raise ValueError(f"override {pair!r}: expected key=value")
+        if OVERRIDE.match(pair) and not pair.startswith("model."):
+            raise ValueError(f"override {pair!r}: `mbt flops` takes model fields only (field=value)")
         _, key, value = parse_override(pair if pair.startswith("model.") else f"model.{pair}")
         out[key] = value
     return out
