@@ -1,21 +1,39 @@
-"""The `mbt` command: one subcommand per job, each a thin call into a tested module."""
+"""The `mbt` command: one subcommand per job, each a thin call into a tested module.
+
+Errors a user can fix (a bad value, file or directory, a full disk, a stopped run) print one line
+`mbt <command>: ...` and exit with status 2; an interrupt (Ctrl-C, SIGTERM) exits with 128 + the signal
+number (130, 143) after training has checkpointed; anything else is an internal error (status 1). `--debug`
+shows the traceback. Dotted overrides (`model.fusion_layer=2`) may stand anywhere on the line, also after
+an option that takes several values (`--fusions a b model.x=1`), or after `--`.
+"""
 from __future__ import annotations
 
 import argparse
+import errno
+import re
+import signal
 import sys
+import traceback
+from typing import Callable
 
 from mbt_core.config import FUSIONS, PRESETS, MBTConfig
 
+OVERRIDE = re.compile(r"^(model|train|data)\.\w+=")  # a dotted override, never an option's value
+USER_ERRORS = (ValueError, OSError, FloatingPointError)  # bad input, files and disks, a non-finite loss
+USAGE_ERROR, INTERNAL_ERROR = 2, 1
+
 
 def parse_overrides(pairs: list[str]) -> dict:
-    """MBTConfig `field=value` strings to a dict, each value checked against the field's type."""
+    """MBTConfig `field=value` (or `model.field=value`) strings to a dict, each value checked against the field's type."""
     from mbt_core.recipes import parse_override
 
     out = {}
     for pair in pairs:
         if "=" not in pair:
             raise ValueError(f"override {pair!r}: expected key=value")
-        _, key, value = parse_override(f"model.{pair}")
+        if OVERRIDE.match(pair) and not pair.startswith("model."):
+            raise ValueError(f"override {pair!r}: `mbt flops` takes model fields only (field=value)")
+        _, key, value = parse_override(pair if pair.startswith("model.") else f"model.{pair}")
         out[key] = value
     return out
 
@@ -60,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     run = load_config(args.config, args.overrides)
     if args.data:
         run = run.replace(data={"dir": args.data})
-    train_run(run, args.out)
+    train_run(run, args.out, restart=args.restart)
     print(f"trained {run.train.steps} steps into {args.out}")
 
 
@@ -95,13 +113,15 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from mbt_core.run_dir import load_config
 
     base = load_config(args.config, args.overrides).replace(data={"dir": args.data})
-    rows = sweep(base, args.out, grid(args.fusions, args.fusion_layers, args.bottlenecks))
+    rows = sweep(base, args.out, grid(args.fusions, args.fusion_layers, args.bottlenecks), restart=args.restart)
     print(f"{len(rows)} settings -> {args.out}/results.csv")
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
     from mbt_core.datasets.synthetic import KINDS, generate
+    from mbt_core.run_dir import writable_dir
 
+    writable_dir(args.out, "--out")
     result = generate(args.out, num_clips=args.num_clips, seed=args.seed, clip_seconds=args.clip_seconds,
                       size=args.size, difficulty=args.difficulty, kinds=args.kinds or KINDS, workers=args.workers)
     print(f"{result.written} clip(s) written, {result.kept} kept; {len(result.classes)} classes -> "
@@ -109,8 +129,10 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_suite(args: argparse.Namespace) -> None:
+    from mbt_core.run_dir import writable_dir
     from mbt_core.suite import run_suite
 
+    writable_dir(args.out, "--out")
     index = run_suite(args.out, quick=args.quick)
     print(f"open {index}")
 
@@ -125,22 +147,31 @@ def cmd_notebooks(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every `mbt` subcommand."""
     parser = argparse.ArgumentParser(prog="mbt", description="Multimodal Bottleneck Transformer suite")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("flops", help="print GFLOPs over L_f for every fusion strategy, both conventions")
+
+    def add_parser(name: str, **kwargs: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    p = add_parser("flops", help="print GFLOPs over L_f for every fusion strategy, both conventions")
     p.add_argument("--preset", default="paper-b16", choices=sorted(PRESETS))
     p.add_argument("--spec-seconds", type=float, default=None, help="spectrogram length t (the paper's Fig. 3 used 4)")
     p.add_argument("overrides", nargs="*", help="MBTConfig field=value overrides")
     p.set_defaults(func=cmd_flops)
 
-    p = sub.add_parser("train", help="train a recipe on a data directory (resumes from RUN_DIR's checkpoints)")
+    p = add_parser("train", help="train a recipe on a data directory (resumes from RUN_DIR's checkpoints)")
     p.add_argument("--config", required=True, help="recipe name (paper, synthetic-tiny) or a JSON config file")
     p.add_argument("--data", help="data directory (manifest.csv + data_card.md); sets data.dir")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() (multi-host runs)")
+    p.add_argument("--restart", action="store_true", help="start over in a run directory that holds a run: its "
+                   "files are moved to RUN_DIR/previous/<n>/ (never deleted)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.fusion_layer=4 train.steps=300")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("tokenise", help="pre-tokenise splits into the token cache (train/evaluate reuse it)")
+    p = add_parser("tokenise", help="pre-tokenise splits into the token cache (train/evaluate reuse it)")
     p.add_argument("--config", default="synthetic-tiny", help="recipe or JSON config: fixes the geometry")
     p.add_argument("--data", required=True)
     p.add_argument("--splits", nargs="+", default=None, help="default: every split of the manifest")
@@ -150,23 +181,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_tokenise)
 
-    p = sub.add_parser("evaluate", help="evaluate a run; writes RUN_DIR/eval.json")
+    p = add_parser("evaluate", help="evaluate a run; writes RUN_DIR/eval.json")
     p.add_argument("run_dir")
     p.add_argument("--split", default="test")
     p.add_argument("--checkpoint", default="latest", choices=["latest", "best"])
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("sweep", help="train and evaluate fusion x L_f x B (Fig. 3); writes results.csv/json")
+    p = add_parser("sweep", help="train and evaluate fusion x L_f x B (Fig. 3); writes results.csv/json")
     p.add_argument("--config", default="synthetic-tiny")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--fusions", nargs="+", default=["bottleneck", "self_attention"])
     p.add_argument("--fusion-layers", nargs="+", type=int, default=[0, 1, 3])
     p.add_argument("--bottlenecks", nargs="+", type=int, default=[4])
-    p.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
+    p.add_argument("--restart", action="store_true", help="train every setting again (earlier runs are moved to "
+                   "<run>/previous/<n>/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides applied to every run, e.g. train.steps=50 "
+                   "(anywhere on the line)")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("synth", help="write the synthetic audio-visual benchmark (clips, manifest.csv, data_card.md)")
+    p = add_parser("synth", help="write the synthetic audio-visual benchmark (clips, manifest.csv, data_card.md)")
     p.add_argument("--out", required=True, help="data directory (re-running resumes: valid clips are kept)")
     p.add_argument("--num-clips", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
@@ -178,26 +212,80 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="worker processes")
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("suite", help="the whole story: data, runs, sweep, executed notebooks, DIR/index.html")
+    p = add_parser("suite", help="the whole story: data, runs, sweep, executed notebooks, DIR/index.html")
     p.add_argument("--out", default="mbt_suite")
     p.add_argument("--quick", action="store_true", help="a tiny data set and a few steps per run (smoke test)")
     p.set_defaults(func=cmd_suite)
 
-    p = sub.add_parser("notebooks", help="write the five notebooks (clean, no outputs) into DIR to open in JupyterLab")
+    p = add_parser("notebooks", help="write the five notebooks (clean, no outputs) into DIR to open in JupyterLab")
     p.add_argument("--out", required=True, help="folder to write them into")
     p.add_argument("--force", action="store_true", help="overwrite copies there that were edited")
     p.set_defaults(func=cmd_notebooks)
     return parser
 
 
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the other arguments, the dotted overrides): overrides found anywhere, and everything after `--`."""
+    if "--" in argv:
+        cut = argv.index("--")
+        options, overrides = split_overrides(argv[:cut])
+        return options, overrides + argv[cut + 1:]
+    return [a for a in argv if not OVERRIDE.match(a)], [a for a in argv if OVERRIDE.match(a)]
+
+
+def one_line(err: BaseException) -> str:
+    """An error as one line naming what it is about (an OSError's file, its reason)."""
+    if isinstance(err, OSError) and err.strerror and err.filename:
+        text = f"{err.filename}: {err.strerror.lower()}"
+        if err.errno == errno.ENOSPC:
+            text += " (free some space and run the same command again: finished work is kept)"
+    else:
+        text = str(err) or type(err).__name__
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def guarded(command: str, job: Callable[[], object], debug: bool = False) -> int:
+    """Run a command's job; its exit status, with one line on stderr for an error (the traceback with `debug`)."""
+    prefix = f"mbt {command}:"
+    try:
+        job()
+        return 0
+    except KeyboardInterrupt as err:  # training checkpointed first (TrainingInterrupted says where)
+        if debug:
+            traceback.print_exc()
+        print(f"{prefix} {err or 'interrupted'}", file=sys.stderr)
+        return 128 + getattr(err, "signum", signal.SIGINT)
+    except USER_ERRORS as err:
+        if debug:
+            traceback.print_exc()
+        print(f"{prefix} {one_line(err)}", file=sys.stderr)
+        return USAGE_ERROR
+    except Exception as err:  # a bug: say so, and where to get the traceback for a report
+        if debug:
+            traceback.print_exc()
+        print(f"{prefix} internal error: {type(err).__name__}: {one_line(err)} (run again with --debug for the "
+              f"traceback)", file=sys.stderr)
+        return INTERNAL_ERROR
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The parsed command line, the dotted overrides gathered from wherever they stand."""
+    options, overrides = split_overrides(argv)
+    parser = build_parser()
+    args = parser.parse_args(options)
+    if overrides:
+        if not hasattr(args, "overrides"):
+            parser.error(f"mbt {args.command} takes no overrides: {' '.join(overrides)}")
+        args.overrides = [*args.overrides, *overrides]
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `mbt` console script."""
-    args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except ValueError as err:  # bad input (config, data, file): one line, argparse's usage-error status
-        print(f"mbt {args.command}: {err}", file=sys.stderr)
-        sys.exit(2)
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    status = guarded(args.command, lambda: args.func(args), args.debug)
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

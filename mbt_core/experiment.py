@@ -1,7 +1,8 @@
 """Runs on a data directory: `train_run`, `evaluate_run` and `sweep` (the ablation grid of Fig. 3).
 
 Each writes into its run directory and resumes: a finished run is not trained again, an interrupted
-one continues from its latest checkpoint.
+one continues from its latest checkpoint, and a run directory started with another configuration is
+refused before any work (`run_dir.check_resume`; `restart=True` moves the old run aside first).
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from mbt_core.data.pipeline import TrainIterator, load_dataset, steps_per_epoch,
 from mbt_core.model.flops import gflops
 from mbt_core.model.vit_init import init_from_vit
 from mbt_core.recipes import RunConfig
-from mbt_core.run_dir import read_config, read_eval, write_evaluation, write_results
+from mbt_core.run_dir import (check_resume, read_config, read_eval, set_aside, writable_dir, write_evaluation,
+                              write_results)
 from mbt_core.train.evaluate import evaluation_report, predict
 from mbt_core.train.loop import TrainData, checkpoint_manager, init_state, restore, train_and_evaluate
 
@@ -29,6 +31,13 @@ def fit_classes(run: RunConfig, classes: Sequence[str]) -> RunConfig:
     if run.model.total_classes != len(classes):
         raise ValueError(f"model.num_classes {run.model.num_classes} does not match the data's {len(classes)} classes")
     return run
+
+
+def check_batch_size(run: RunConfig, clips: int, what: str) -> None:
+    """Refuse a batch larger than the training split: every batch would hold some clips twice."""
+    if run.train.batch_size > clips:
+        raise ValueError(f"train.batch_size {run.train.batch_size} is larger than the {clips} clips of {what}: "
+                         f"every batch would repeat clips; choose train.batch_size <= {clips}")
 
 
 def run_split(run: RunConfig, dataset: Any, split: str, views: int, progress: bool = True) -> Any:
@@ -53,15 +62,23 @@ def validation(run: RunConfig, dataset: Any, progress: bool = True) -> Callable[
 def train_data(run: RunConfig, dataset: Any, progress: bool = True) -> TrainData:
     """The training split of a run's data as the loop reads it, with validation when `train.eval_every` asks."""
     split = run_split(run, dataset, run.data.train_split, 1, progress)
+    check_batch_size(run, len(split), f"split {run.data.train_split!r} (readable clips)")
     batches = TrainIterator(split, dataset.labels(run.data.train_split, split.index), run)
     return TrainData(batches, dataset.label_type, steps_per_epoch(len(split), run.train.batch_size),
                      validation(run, dataset, progress) if run.train.eval_every else None)
 
 
-def train_run(run: RunConfig, out_dir: str | Path, progress: bool = True) -> None:
-    """Train `run` on its data directory into `out_dir` (resuming when checkpoints exist)."""
+def train_run(run: RunConfig, out_dir: str | Path, progress: bool = True, restart: bool = False) -> None:
+    """Train `run` on its data directory into `out_dir` (resuming when checkpoints of the same config exist;
+    with `restart`, after moving an earlier run's files to `out_dir/previous/<n>/`)."""
     dataset = load_dataset(run.data)
     run = fit_classes(run, dataset.classes)
+    if run.data.train_split in dataset.splits:
+        check_batch_size(run, len(dataset.splits[run.data.train_split]), f"split {run.data.train_split!r}")
+    writable_dir(out_dir, "run directory")
+    if restart and (moved := set_aside(out_dir)) is not None:
+        print(f"{out_dir}: the earlier run's files were moved to {moved}")
+    check_resume(out_dir, run)  # here too: refused before tokenising
     data = train_data(run, dataset, progress)
     params = None
     if run.train.init_checkpoint:
@@ -75,6 +92,9 @@ def train_run(run: RunConfig, out_dir: str | Path, progress: bool = True) -> Non
 def load_params(run_dir: str | Path, which: str = "latest") -> tuple[RunConfig, Any]:
     """A run's config and its latest (or best) parameters."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir}: " + ("not a directory" if run_dir.exists()
+                                                                else "does not exist"))
     run = read_config(run_dir)
     template = jax.eval_shape(lambda: init_state(run, 1)[0])  # shapes only: no initialisation to pay for
     manager = checkpoint_manager(run_dir / ("best" if which == "best" else "checkpoints"), 1)
@@ -94,6 +114,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "latest"
     """Evaluate a run on a split; write `eval.json`, per-clip `scores.npz` and `per_class_ap.csv`."""
     run_dir = Path(run_dir)
     run, params = load_params(run_dir, which)
+    writable_dir(run_dir, "run directory")
     dataset = load_dataset(run.data)
     cached = run_split(run, dataset, split, run.train.eval_views, progress)
     targets = dataset.labels(split, cached.index)
@@ -118,20 +139,24 @@ def grid(fusions: Sequence[str], fusion_layers: Sequence[int], bottlenecks: Sequ
 
 
 def sweep(base: RunConfig, out_dir: str | Path, settings: Sequence[tuple[str, int, int]],
-          progress: bool = True) -> list[dict[str, Any]]:
+          progress: bool = True, restart: bool = False) -> list[dict[str, Any]]:
     """Train and evaluate every (fusion, L_f, B) setting of `base`; write `results.json` / `results.csv`.
 
-    Each row records its setting as data (and where its run directory is); settings already evaluated are
-    not run again.
+    Each row records its setting as data (and where its run directory is); settings already evaluated with
+    the same configuration are not run again (another configuration is refused; `restart` runs every one again).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_dir(out_dir, "sweep directory")
+    classes = load_dataset(base.data).classes
+    runs = [(base.replace(model={"fusion": fusion, "fusion_layer": lf, "num_bottlenecks": b}),
+             out / variant_name(fusion, lf, b)) for fusion, lf, b in settings]
+    if not restart:  # every setting checked before the first one trains
+        for run, run_dir in runs:
+            check_resume(run_dir, fit_classes(run, classes))
     rows = []
-    for fusion, lf, b in tqdm(settings, desc="sweep", unit="run", disable=not progress):
-        run = base.replace(model={"fusion": fusion, "fusion_layer": lf, "num_bottlenecks": b})
-        run_dir = out / variant_name(fusion, lf, b)
-        if not (run_dir / "eval.json").exists():
-            train_run(run, run_dir, progress=progress)
+    for run, run_dir in tqdm(runs, desc="sweep", unit="run", disable=not progress):
+        fusion, lf, b = run.model.fusion, run.model.fusion_layer, run.model.num_bottlenecks
+        if restart or not (run_dir / "eval.json").exists():
+            train_run(run, run_dir, progress=progress, restart=restart)
             evaluate_run(run_dir, run.data.test_split, progress=progress)
         run = read_config(run_dir)  # as trained: the head sized to the data
         report = read_eval(run_dir)

@@ -5,17 +5,26 @@ Paths are stored so that a folder can be moved or zipped and opened elsewhere: `
 to the run directory when both lie under a common root (not the filesystem's root), with the absolute path
 it had beside it as a fallback for a run directory moved on its own; a sweep's `run_dir`s are relative to
 the sweep directory. A sweep row records its setting as data (fusion, L_f, B, L), never in a name to parse.
+
+A run directory holds one run: training into it again resumes only with the configuration it was started
+with (`check_resume`, before anything is written). Only fields that change no trained number may differ
+(`MAY_DIFFER`: how often to log, checkpoint and validate, how many checkpoints to keep, evaluation views
+and the cache switch; not the data-loading processes, whose number shapes the checkpointed iterator state);
+`set_aside` moves a run's files into
+`previous/<n>/` so that `mbt train --restart` starts over without deleting anything.
 """
 from __future__ import annotations
 
 import csv
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from mbt_core.atomic_files import write_text
 from mbt_core.recipes import RECIPES, RunConfig, load_run_config, resolve_run_config
 
 CONFIG, METRICS, EVAL, SCORES, PER_CLASS_AP = "config.json", "metrics.jsonl", "eval.json", "scores.npz", "per_class_ap.csv"
@@ -53,9 +62,7 @@ def write_config(run_dir: str | Path, run: RunConfig) -> Path:
         data = Path(run.data.dir)
         tree["data"]["dir"] = _relative_if_shared(data, run_dir)
         tree[_ABSOLUTE] = {"data.dir": str(data.absolute())}
-    path = run_dir / CONFIG
-    path.write_text(json.dumps(tree, indent=2))
-    return path
+    return write_text(run_dir / CONFIG, json.dumps(tree, indent=2))
 
 
 def read_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
@@ -83,18 +90,105 @@ def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> RunConfig:
     return read_config(name_or_path, overrides)
 
 
+# ----- one run per directory -----
+# Fields that change no trained number (parameters, data order, random streams): a resumed run may change them.
+# Not data.workers: the data iterator's checkpointed state has one entry per worker process.
+MAY_DIFFER = frozenset({"train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every",
+                        "train.eval_views", "data.cache"})
+PREVIOUS = "previous"  # where `set_aside` moves an earlier run's files
+RUN_FILES = (CONFIG, METRICS, "checkpoints", "checkpoints.broken", "best", "best.json", EVAL, SCORES, PER_CLASS_AP)
+
+
+class ConfigChangedError(ValueError):
+    """Training into a run directory with a configuration other than the one it was started with."""
+
+
+def _flat(run: RunConfig) -> dict[str, Any]:
+    tree = run.to_dict()
+    flat = {f"{section}.{key}": value for section, fields in tree.items() for key, value in fields.items()}
+    if run.data.dir:
+        flat["data.dir"] = str(Path(run.data.dir).absolute().resolve())
+    return flat
+
+
+def config_changes(run_dir: str | Path, run: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """Dotted field -> (recorded, new) for each field where `run` differs from the run directory's config.json."""
+    if not (Path(run_dir) / CONFIG).is_file():
+        return {}
+    old, new = _flat(read_config(run_dir)), _flat(run)
+    return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
+
+
+def check_resume(run_dir: str | Path, run: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """Refuse (ConfigChangedError naming each field) to train `run` into a directory started with another config.
+
+    Returns the changes of fields in `MAY_DIFFER` (the resumed run takes the new values).
+    """
+    changes = config_changes(run_dir, run)
+    refused = {k: v for k, v in changes.items() if k not in MAY_DIFFER}
+    if refused:
+        listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
+        raise ConfigChangedError(f"{Path(run_dir) / CONFIG}: this run was started with another configuration "
+                                 f"({listed}); train into a new directory, or pass --restart to start over "
+                                 f"(the old run's files are moved to {Path(run_dir) / PREVIOUS}/<n>/)")
+    return {k: v for k, v in changes.items() if k in MAY_DIFFER}
+
+
+def set_aside(run_dir: str | Path) -> Path | None:
+    """Move a run's files (config, metrics, checkpoints, evaluation) into `run_dir/previous/<n>/`; None if none."""
+    run_dir = Path(run_dir)
+    present = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if not present:
+        return None
+    n = 1 + max((int(p.name) for p in (run_dir / PREVIOUS).glob("*") if p.name.isdigit()), default=0)
+    target = run_dir / PREVIOUS / str(n)
+    target.mkdir(parents=True)
+    for name in present:
+        os.replace(run_dir / name, target / name)
+    return target
+
+
+def writable_dir(path: str | Path, what: str) -> Path:
+    """`path` as a directory this process can write into (made if missing); else an OSError naming `what`."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{what} {path}: exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise type(e)(f"{what} {path}: cannot write there ({e.strerror or e})") from None
+    return path
+
+
 # ----- metrics.jsonl -----
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The logged steps of a run (`metrics.jsonl`); none when it has not logged yet."""
+    """The logged steps of a run (`metrics.jsonl`); none when it has not logged yet.
+
+    A last line cut short (the process died writing it) is left out; any other bad line is an error naming it.
+    """
     path = Path(run_dir) / METRICS
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    text = path.read_text() if path.exists() else ""
+    lines = text.splitlines()
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if n == len(lines) and not text.endswith("\n"):
+                break
+            raise ValueError(f"{path}, line {n}: not a JSON record ({e})") from None
+    return records
 
 
 def trim_metrics(run_dir: str | Path, step: int) -> None:
     """Drop the lines logged after `step` (lost with the process when a run resumes from that checkpoint)."""
     path = Path(run_dir) / METRICS
     if path.exists():
-        path.write_text("".join(json.dumps(r) + "\n" for r in read_metrics(run_dir) if r.get("step", 0) <= step))
+        write_text(path, "".join(json.dumps(r) + "\n" for r in read_metrics(run_dir) if r.get("step", 0) <= step))
 
 
 class MetricsLog:

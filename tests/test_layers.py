@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Layer of a module: the longest of these prefixes it starts with.
 LAYER_OF = {
     "mbt_core.config": "config", "mbt_core.recipes": "config", "mbt_core.run_dir": "config",
-    "mbt_core.package_files": "config",
+    "mbt_core.package_files": "config", "mbt_core.atomic_files": "config", "mbt_core.worker_processes": "config",
     "mbt_core.media": "media",
     "mbt_core.datasets": "datasets",
     "mbt_core.model": "model",

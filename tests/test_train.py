@@ -198,27 +198,31 @@ def test_data_parallel_step_equals_single_device():
     assert float(diff) < 1e-5
 
 
-RESUME_SCRIPT = textwrap.dedent("""
-    import sys, time
-    sys.path.insert(0, "tests")
-    from test_train import micro_run, mock_split
-    from mbt_core.data.pipeline import TrainIterator
-    from mbt_core.train.loop import TrainData, train_and_evaluate
-    out, slow = sys.argv[1], float(sys.argv[2])
-    run = micro_run(steps=12, checkpoint_every=3, mixup_alpha=0.3, modality_mixup=True, spec_augment=True,
-                    frame_augment=True, log_every=1)
-    split, labels, ids = mock_split(run.model, n=10)
+def slow_fit(out, slow, **train):
+    """Train `micro_run(**train)` on a mock split into `out`, each batch `slow` seconds late (time to stop it)."""
+    run = micro_run(**train)
+    split, labels, _ = mock_split(run.model, n=10)
     it = TrainIterator(split, labels, run)
 
     class Slow:
         get_state, set_state = it.get_state, it.set_state
+
         def __iter__(self):
             return self
+
         def __next__(self):
             time.sleep(slow)
             return next(it)
 
-    train_and_evaluate(run, out, TrainData(Slow(), "multi_label", 2), progress=False)
+    return train_and_evaluate(run, out, TrainData(Slow(), "multi_label", 2), progress=False)
+
+
+RESUME_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, "tests")
+    from test_train import slow_fit
+    slow_fit(sys.argv[1], float(sys.argv[2]), steps=12, checkpoint_every=3, mixup_alpha=0.3, modality_mixup=True,
+             spec_augment=True, frame_augment=True, log_every=1)
 """)
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import threadpoolctl
 from tqdm.auto import tqdm
 
+from mbt_core.atomic_files import replaced, write_text
 from mbt_core.config import MBTConfig
 from mbt_core.data.tokenise import Preprocess, views
 from mbt_core.data.worker_pool import CrashSafePool
@@ -154,13 +155,12 @@ def _write_shard(directory: Path, n: int, shard: range, records: Sequence[ClipRe
              "padded": np.zeros(0, bool), "audio_missing": np.zeros(0, bool), "offset": np.zeros((0, 2), np.int16)}
     arrays = {k: np.stack([r[k] for _, r in good]) if good else v for k, v in empty.items()}
     bad = [(i, r["error"]) for i, r in zip(shard, results) if "error" in r]
-    tmp = directory / f".shard_{n:05d}.tmp.npz"
-    np.savez(tmp, index=np.asarray([i for i, _ in good], np.int64),
-             clip_ids=np.asarray([records[i].clip_id for i, _ in good], dtype=str),
-             skipped_index=np.asarray([i for i, _ in bad], np.int64),
-             skipped_reason=np.asarray([reason for _, reason in bad], dtype=str),
-             source=np.asarray(source), **arrays)
-    os.replace(tmp, _shard_path(directory, n))
+    with replaced(_shard_path(directory, n)) as tmp:  # a full disk leaves no partial shard
+        np.savez(tmp, index=np.asarray([i for i, _ in good], np.int64),
+                 clip_ids=np.asarray([records[i].clip_id for i, _ in good], dtype=str),
+                 skipped_index=np.asarray([i for i, _ in bad], np.int64),
+                 skipped_reason=np.asarray([reason for _, reason in bad], dtype=str),
+                 source=np.asarray(source), **arrays)
 
 
 def build_cache(records: Sequence[ClipRecord], config: MBTConfig, root: str | Path, name: str, *,
@@ -225,9 +225,7 @@ def build_cache(records: Sequence[ClipRecord], config: MBTConfig, root: str | Pa
             stale.unlink()
     skipped = [{"index": i, "clip_id": records[i].clip_id, "path": records[i].path, "reason": reason}
                for n in range(len(shards)) for i, reason in _shard_header(_shard_path(directory, n))[1]]
-    tmp = directory / ".meta.json.tmp"
-    tmp.write_text(json.dumps({**identity, "skipped": skipped}, indent=1))
-    os.replace(tmp, meta_path)
+    write_text(meta_path, json.dumps({**identity, "skipped": skipped}, indent=1))
     if skipped:
         _report(name, directory, skipped, len(records))
     return directory

@@ -6,6 +6,7 @@ processes) whose iterator state goes into every checkpoint, so a resumed run rea
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -60,14 +61,24 @@ class Dataset:
 
 
 def load_dataset(data: DataConfig) -> Dataset:
-    """Read a data directory's manifest and card; locate every clip (missing files: one report)."""
+    """Read a data directory's manifest and card; locate every clip (missing files: one report).
+
+    Clips whose files are missing (or are directories, symlink loops...) stop the run, or with
+    `data.on_error="skip"` are left out with that report printed.
+    """
+    if not data.dir:
+        raise ValueError("data.dir: no data directory given (pass --data DIR)")
     root = Path(data.dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data directory {root}: " + ("not a directory" if root.exists() else "does not exist"))
     card = read_card(root / data.card)
     classes = list(card["classes"])
     records, _ = read_manifest(root / data.manifest, classes)
     found, missing = locate(records, root, MANIFEST_PATTERN)
-    if len(found) != len(records):
+    if missing.count and data.on_error != "skip":
         raise FileNotFoundError(f"{root / data.manifest}: {missing}")
+    if missing.count:
+        print(f"{root / data.manifest}: skipping {missing}", file=sys.stderr)
     splits: dict[str, list[ClipRecord]] = {}
     for record in found:
         splits.setdefault(record.split or "train", []).append(record)

@@ -6,14 +6,18 @@ time in a fresh single-worker pool, so that a second death names its job exactly
 """
 from __future__ import annotations
 
+import functools
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator, Sequence
 
+from mbt_core.worker_processes import worker_start
+
 
 class CrashSafePool:
-    """`workers` spawned processes (spawn: forking a process that has imported JAX can deadlock)."""
+    """`workers` spawned processes (spawn: forking a process that has imported JAX can deadlock) that end with
+    their parent, even a parent killed by SIGKILL (`worker_processes.worker_start`)."""
 
     def __init__(self, workers: int, initializer: Callable[[], Any] | None = None):
         self.workers, self.initializer = workers, initializer
@@ -22,7 +26,8 @@ class CrashSafePool:
 
     def _start(self, workers: int) -> ProcessPoolExecutor:
         self.shutdown()
-        self._pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), initializer=self.initializer)
+        self._pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"),
+                                         initializer=functools.partial(worker_start, self.initializer))
         self._size = workers
         return self._pool
 

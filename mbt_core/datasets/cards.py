@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from mbt_core.atomic_files import write_text
 from mbt_core.config import LABEL_TYPES
 from mbt_core.package_files import shipped_dir
 from mbt_core.datasets.records import read_utf8
@@ -102,5 +103,5 @@ def write_card_fields(path: str | os.PathLike, **fields: Any) -> Path:
     front = yaml.safe_load(match.group(1)) or {}
     front.update(fields)
     text = yaml.safe_dump(front, sort_keys=False, default_flow_style=False, width=110)
-    path.write_text(f"---\n{text}---\n{match.group(2)}", encoding="utf-8")
+    write_text(path, f"---\n{text}---\n{match.group(2)}")  # a full disk keeps the old card whole
     return path

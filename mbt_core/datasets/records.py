@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import math
 import os
 from pathlib import Path
@@ -105,10 +106,25 @@ class MissingReport:
         return len(self.missing)
 
     def __str__(self) -> str:
-        head = "\n".join(f"  {r.clip_id}: {r.path}" for r in self.missing[:10])
-        more = f"\n  ... and {self.count - 10} more" if self.count > 10 else ""
+        """One line: how many, where, and the first ten clips with their paths and why each is not a file."""
+        head = "; ".join(f"{r.clip_id}: {r.path} ({why_not_a_file(r.path)})" for r in self.missing[:10])
+        more = f"; ... and {self.count - 10} more" if self.count > 10 else ""
         return (f"{self.count} of {self.total} clip file(s) missing under {self.root} "
-                f"(pattern {self.pattern!r})" + (f"\n{head}{more}" if head else ""))
+                f"(pattern {self.pattern!r})" + (f": {head}{more}" if head else ""))
+
+
+def why_not_a_file(path: str | None) -> str:
+    """Why a clip path is not a readable file: missing, a directory, a symlink loop, a dangling link..."""
+    if not path:
+        return "no path"
+    if os.path.isdir(path):
+        return "a directory, not a file"
+    try:
+        os.stat(path)
+    except OSError as e:
+        dangling = e.errno == errno.ENOENT and os.path.islink(path)
+        return "a symlink to nothing" if dangling else (e.strerror or str(e)).lower()
+    return "not a regular file"
 
 
 def _not_utf8(path: str | os.PathLike, line: int, raw: bytes, error: UnicodeDecodeError) -> AnnotationError:

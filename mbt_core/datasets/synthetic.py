@@ -35,7 +35,9 @@ from tqdm.auto import tqdm
 
 from mbt_core.datasets.cards import FRONT_MATTER, card_path
 from mbt_core.datasets.synthetic_media import FPS, SAMPLE_RATE, render_audio, render_frames, sample_scene
+from mbt_core.atomic_files import part_path, replaced, write_text
 from mbt_core.media.video_writer import write_video
+from mbt_core.worker_processes import worker_start
 
 KINDS = ("audio", "visual", "pairing", "pairing_temporal")
 CLASSES = (("low_hum", "audio"), ("high_hum", "audio"), ("circle_warm", "visual"),
@@ -153,11 +155,10 @@ def clip_is_valid(path: str | os.PathLike, expected: str) -> bool:
 def write_clip(job: tuple[str, dict[str, Any], int, float, str]) -> str:
     """Render one clip and write it atomically (a worker's task): (path, row, size, seconds, fingerprint)."""
     path, row, size, clip_seconds, tag = job
-    part = f"{path}.part"
-    write_video(part, render_frames(row, size, clip_seconds), FPS, codec=VIDEO_CODEC, options=VIDEO_OPTIONS,
-                audio=render_audio(row, clip_seconds)[None], rate=SAMPLE_RATE, audio_options=AUDIO_OPTIONS,
-                audio_bit_rate=AUDIO_BIT_RATE, metadata={"comment": tag})
-    os.replace(part, path)
+    with replaced(path) as part:
+        write_video(part, render_frames(row, size, clip_seconds), FPS, codec=VIDEO_CODEC, options=VIDEO_OPTIONS,
+                    audio=render_audio(row, clip_seconds)[None], rate=SAMPLE_RATE, audio_options=AUDIO_OPTIONS,
+                    audio_bit_rate=AUDIO_BIT_RATE, metadata={"comment": tag})
     return path
 
 
@@ -167,12 +168,10 @@ def _cell(value: Any) -> str:
 
 def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """Write a CSV atomically (a reader never sees half a file)."""
-    part = path.with_name(path.name + ".part")
-    with open(part, "w", newline="", encoding="utf-8") as f:
+    with replaced(path) as part, open(part, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(header)
         writer.writerows([_cell(v) for v in row] for row in rows)
-    os.replace(part, path)
 
 
 def card_front_matter(kinds: dict[str, str], *, num_clips: int, seed: int, clip_seconds: float, size: int,
@@ -227,23 +226,27 @@ def generate(out_dir: str | os.PathLike, num_clips: int = 2000, seed: int = 0, c
     if size < 32:
         raise ValueError(f"size must be >= 32 pixels (shapes must stay visible), got {size}")
     out = Path(out_dir)
-    (out / "clips").mkdir(parents=True, exist_ok=True)
     rows = plan(num_clips, seed, clip_seconds, difficulty)
+    (out / "clips").mkdir(parents=True, exist_ok=True)
     paths = [out / "clips" / f"{row['clip_id']}.mp4" for row in rows]
     tags = [fingerprint(row, size, clip_seconds) for row in rows]
     jobs = [(str(p), row, size, clip_seconds, tag) for p, row, tag in zip(paths, rows, tags)
             if not clip_is_valid(p, tag)]
     with tqdm(total=num_clips, initial=num_clips - len(jobs), desc="mbt synth", unit="clip",
               disable=not progress) as bar:
-        if workers > 1 and len(jobs) > 1:
-            # spawn: forking a process that has imported JAX can deadlock.
-            with multiprocessing.get_context("spawn").Pool(workers) as pool:
-                for _ in pool.imap_unordered(write_clip, jobs, chunksize=4):
+        try:
+            if workers > 1 and len(jobs) > 1:
+                # spawn: forking a process that has imported JAX can deadlock.
+                with multiprocessing.get_context("spawn").Pool(workers, initializer=worker_start) as pool:
+                    for _ in pool.imap_unordered(write_clip, jobs, chunksize=4):
+                        bar.update()
+            else:
+                for job in jobs:
+                    write_clip(job)
                     bar.update()
-        else:
+        finally:  # a failed run (a full disk) leaves no partial clip: the pool's other writers were stopped
             for job in jobs:
-                write_clip(job)
-                bar.update()
+                part_path(job[0]).unlink(missing_ok=True)
     classes = list(kind_of)
     _write_csv(out / "attributes.csv", list(rows[0]), [list(row.values()) for row in rows])
     _write_csv(out / "manifest.csv", ["clip_id", "path", "start", "end", "labels", "split"],
@@ -251,6 +254,6 @@ def generate(out_dir: str | os.PathLike, num_clips: int = 2000, seed: int = 0, c
                  ";".join(c for c in classes if class_value(c, row)), row["split"]] for row in rows])
     front = card_front_matter(kind_of, num_clips=num_clips, seed=seed, clip_seconds=clip_seconds, size=size,
                               difficulty=difficulty)
-    (out / "data_card.md").write_text(card_text(front), encoding="utf-8")
+    write_text(out / "data_card.md", card_text(front))
     return SynthResult(out, out / "manifest.csv", out / "attributes.csv", out / "data_card.md",
                        tuple(classes), written=len(jobs), kept=num_clips - len(jobs))

@@ -3,13 +3,19 @@
 `train_and_evaluate(run, workdir, data)` (flax's idiom) writes `config.json`, `metrics.jsonl`,
 `checkpoints/` (the last N) and, with validation, `best/` (the best by validation mAP); re-running the
 same command resumes from the latest checkpoint with the same data order and random streams, so an
-interrupted run ends with the parameters of an uninterrupted one.
+interrupted run ends with the parameters of an uninterrupted one. A run directory started with another
+configuration is refused before anything is written (`run_dir.check_resume`). SIGINT (Ctrl-C) or SIGTERM
+ends the current step, checkpoints it and raises `TrainingInterrupted`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import signal
+import threading
+import types
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,14 +31,45 @@ from tqdm.auto import tqdm
 from mbt_core.data.augment import mixup
 from mbt_core.model.model import MBT, dummy_inputs
 from mbt_core.recipes import RunConfig
-from mbt_core.run_dir import MetricsLog, trim_metrics, write_config
+from mbt_core.run_dir import MetricsLog, check_resume, trim_metrics, write_config
 from mbt_core.train.checkpoint_integrity import restore_intact, write_checksums
 from mbt_core.train.losses import mbt_loss
 from mbt_core.train.optim import make_optimizer
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(FloatingPointError):
     """Training stopped on a NaN or infinite loss; the last good state was checkpointed."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT or SIGTERM after checkpointing the step it had reached."""
+
+    def __init__(self, signum: int, step: int, workdir: Path):
+        self.signum, self.step, self.workdir = signum, step, workdir
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; checkpointed in {workdir} "
+                         f"(run the same command again to resume)")
+
+
+@contextlib.contextmanager
+def stop_requests() -> Any:
+    """Within the block, SIGINT and SIGTERM only set `.signum` on the yielded object (the main thread only;
+    elsewhere signals keep their handlers); a second signal while it is set interrupts at once."""
+    request = types.SimpleNamespace(signum=None)
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handle(signum: int, frame: Any) -> None:
+        if request.signum is not None:
+            raise KeyboardInterrupt
+        request.signum = signum
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @flax.struct.dataclass
@@ -105,8 +142,11 @@ def checkpoint_manager(directory: Path, keep: int) -> ocp.CheckpointManager:
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, data_state: dict) -> None:
-    """Write one checkpoint at the state's step (atomic: an interrupted write is never read back), with checksums."""
+    """Write one checkpoint at the state's step (atomic: an interrupted write is never read back), with checksums;
+    a step already saved (the checkpoint a stopped run resumed from) is kept as it is."""
     step = int(state.step)
+    if step in manager.all_steps():
+        return
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                data=ocp.args.JsonSave(data_state)), force=True)
     manager.wait_until_finished()
@@ -150,6 +190,8 @@ def train_and_evaluate(run: RunConfig, workdir: str | Path, data: TrainData, *, 
     """Train `run` on `data` into `workdir`, resuming from its latest checkpoint; validate every
     `train.eval_every` steps and at the end (never with eval_every = 0), keeping the best in `best/`."""
     out = Path(workdir)
+    for key, (old, new) in check_resume(out, run).items():  # before anything is written or restored
+        print(f"{out}: resuming with {key} {old!r} -> {new!r}")
     write_config(out, run)
     cfg = run.train
     state, tx = init_state(run, data.steps_per_epoch, params)
@@ -160,7 +202,7 @@ def train_and_evaluate(run: RunConfig, workdir: str | Path, data: TrainData, *, 
     if restored is not None:
         state, saved = restored
         data.batches.set_state(saved)
-        trim_metrics(out, int(state.step))
+    trim_metrics(out, int(state.step))  # lines logged after the checkpoint are logged again
     best = json.loads(best_path.read_text())["value"] if best_path.exists() else -math.inf
     mesh = data_mesh()
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -170,8 +212,12 @@ def train_and_evaluate(run: RunConfig, workdir: str | Path, data: TrainData, *, 
     validate = data.validate if cfg.eval_every else None
     start = int(state.step)
     bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not progress, unit="step")
-    with MetricsLog(out) as log:
+    with MetricsLog(out) as log, stop_requests() as stop:
         for step in range(start, cfg.steps):
+            if stop.signum is not None:
+                save(manager, state, data.batches.get_state())
+                bar.close()
+                raise TrainingInterrupted(stop.signum, step, out)
             batch = dict(next(data.batches))
             clip_ids = list(batch.pop("clip_id"))
             if cfg.mixup_alpha > 0:
@@ -182,7 +228,8 @@ def train_and_evaluate(run: RunConfig, workdir: str | Path, data: TrainData, *, 
             loss = float(metrics["loss"])
             if not math.isfinite(loss):
                 save(manager, state, data.batches.get_state())
-                raise NonFiniteLossError(f"non-finite loss {loss} at step {step}; clips in the batch: {clip_ids}; "
+                raise NonFiniteLossError(f"non-finite loss {loss} at step {step}; clips in the batch: "
+                                         f"{', '.join(map(str, clip_ids))}; "
                                          f"the last good state (step {int(state.step)}) is checkpointed in {out}")
             state = new_state
             done = step + 1
