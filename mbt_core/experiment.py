@@ -51,18 +51,20 @@ def validation(run: RunConfig, dataset: Any, progress: bool = True) -> Callable[
 
 
 def train_data(run: RunConfig, dataset: Any, progress: bool = True) -> TrainData:
-    """The training split of a run's data as the loop reads it, with validation when `train.eval_every` asks."""
-    split = run_split(run, dataset, run.data.train_split, 1, progress)
+    """The training split of a run's data as the loop reads it (`data.train_windows` cached windows per clip, drawn
+    at random), with validation when `train.eval_every` asks."""
+    split = run_split(run, dataset, run.data.train_split, run.data.train_windows, progress)
     batches = TrainIterator(split, dataset.labels(run.data.train_split, split.index), run)
     return TrainData(batches, dataset.label_type, steps_per_epoch(len(split), run.train.batch_size),
                      validation(run, dataset, progress) if run.train.eval_every else None)
 
 
-def train_run(run: RunConfig, out_dir: str | Path, progress: bool = True) -> None:
-    """Train `run` on its data directory into `out_dir` (resuming when checkpoints exist)."""
+def train_run(run: RunConfig, out_dir: str | Path, progress: bool = True) -> RunConfig:
+    """Train `run` on its data directory into `out_dir` (resuming when checkpoints exist); the run as trained."""
     dataset = load_dataset(run.data)
     run = fit_classes(run, dataset.classes)
     data = train_data(run, dataset, progress)
+    run = run.resolve_epochs(data.steps_per_epoch)
     params = None
     if run.train.init_checkpoint:
         state, _ = init_state(run, 1)
@@ -70,6 +72,7 @@ def train_run(run: RunConfig, out_dir: str | Path, progress: bool = True) -> Non
                                        run.train.init_fusion_from_posemb)
         print(report)
     train_and_evaluate(run, out_dir, data, params=params, progress=progress)
+    return run
 
 
 def load_params(run_dir: str | Path, which: str = "latest") -> tuple[RunConfig, Any]:

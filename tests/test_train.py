@@ -25,11 +25,11 @@ from mbt_core.train.optim import learning_rate_schedule, make_optimizer
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def mock_split(config, n=16, seed=0, classes=5):
+def mock_split(config, n=16, seed=0, classes=5, windows=1):
     """An in-memory tokenised split with random frames and spectrograms, and random multi-hot labels."""
     rng = np.random.default_rng(seed)
-    frames = rng.integers(0, 256, (n, 1, *config.input_shape("rgb")), dtype=np.uint8)
-    spec = rng.normal(size=(n, 1, config.spec_frames, config.mel_bins)).astype(np.float32)
+    frames = rng.integers(0, 256, (n, windows, *config.input_shape("rgb")), dtype=np.uint8)
+    spec = rng.normal(size=(n, windows, config.spec_frames, config.mel_bins)).astype(np.float32)
     split = CachedSplit(frames, spec, np.zeros(n, bool), np.zeros(n, bool))
     labels = (rng.random((n, classes)) < 0.4).astype(np.float32)
     return split, labels, [f"clip{i}" for i in range(n)]
@@ -206,8 +206,8 @@ RESUME_SCRIPT = textwrap.dedent("""
     from mbt_core.train.loop import TrainData, train_and_evaluate
     out, slow = sys.argv[1], float(sys.argv[2])
     run = micro_run(steps=12, checkpoint_every=3, mixup_alpha=0.3, modality_mixup=True, spec_augment=True,
-                    frame_augment=True, log_every=1)
-    split, labels, ids = mock_split(run.model, n=10)
+                    frame_augment=True, log_every=1).replace(data={"synchronous": False})
+    split, labels, ids = mock_split(run.model, n=10, windows=3)  # random windows, one per modality
     it = TrainIterator(split, labels, run)
 
     class Slow:

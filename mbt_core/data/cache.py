@@ -7,7 +7,9 @@ stale cache. Frames are stored as uint8 (the precision of the decoded video), lo
 Frames are stored with the training margin of Sec. 4.2: the short side resized to s = round(S * 256/224)
 and the central s x s square kept, so that training draws the official scale-jittered random crop from
 it (`CachedSplit.train_example`) and evaluation takes the central S x S crop (`CachedSplit.example`),
-which is exactly the crop `tokenise` takes. (Official training crops from the full width; a square keeps
+which is exactly the crop `tokenise` takes. A training split stores several views, the candidate windows
+that `TrainIterator` draws from (docs/architecture.md, "Training windows"). Log-mel is stored raw and
+standardised as it is read when the split has statistics. (Official training crops from the full width; a square keeps
 every clip the same shape, so wide videos lose their sides in training.)
 
 Shards are written atomically and record the clips they hold (ids, spans, and each file's size and
@@ -35,15 +37,13 @@ from mbt_core.data.tokenise import Preprocess, views
 from mbt_core.data.worker_pool import CrashSafePool
 from mbt_core.datasets.records import ClipRecord, check_on_error
 from mbt_core.media import video
+from mbt_core.media.audio import normalise
 from mbt_core.media.images import to_uint8
 
 SHARD = 128  # clips per shard
-FORMAT = 2  # 2: frames with the training margin, eval-crop offsets, clip ids, bad clips
+FORMAT = 3  # 2: frames with the training margin, eval-crop offsets, clip ids, bad clips; 3: one view is centred
 REPORT_FIRST = 5  # bad clips listed in the printed report
 MIN_POOL_CLIPS = 32  # fewer clips to tokenise run here: starting a worker (imports) costs seconds
-# Preprocess fields read only when Preprocess.train is set; the cache stores evaluation views.
-TRAIN_ONLY = ("train", "synchronous", "crop_scale", "flip", "color_jitter", "color_drop", "spec_time_masks",
-              "spec_max_time", "spec_freq_masks", "spec_max_freq")
 _BAD_CLIP = (ValueError, OSError)  # VideoDecodeError (a ValueError), a missing file, a start outside the clip
 
 
@@ -59,8 +59,8 @@ def stored_size(config: MBTConfig, preprocess: Preprocess) -> int:
 def cache_key(config: MBTConfig, preprocess: Preprocess, num_views: int) -> str:
     """A short hash of everything that determines the cached tokens."""
     geometry = {k: getattr(config, k) for k in ("rgb_frames", "image_size", "spec_seconds", "mel_bins")}
-    tokens = {k: v for k, v in dataclasses.asdict(preprocess).items() if k not in TRAIN_ONLY}
-    payload = json.dumps({"geometry": geometry, "views": num_views, "preprocess": tokens, "format": FORMAT},
+    payload = json.dumps({"geometry": geometry, "views": num_views, "preprocess": dataclasses.asdict(preprocess),
+                          "format": FORMAT},
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
@@ -174,9 +174,6 @@ def build_cache(records: Sequence[ClipRecord], config: MBTConfig, root: str | Pa
     check_on_error(on_error)
     if not records:
         raise ValueError(f"build_cache {name!r}: no clips to tokenise")
-    if preprocess.train:
-        raise ValueError("build_cache stores evaluation views: Preprocess.train must be False "
-                         "(TrainIterator applies the training crop and augmentation)")
     key = cache_key(config, preprocess, num_views)
     directory = Path(root) / f"{name}-{key}"
     directory.mkdir(parents=True, exist_ok=True)
@@ -251,6 +248,8 @@ class CachedSplit:
     index: np.ndarray | None = None
     clip_ids: np.ndarray | None = None
     skipped: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    spec_mean: float | None = None  # dataset statistics: log-mel is standardised as it is read; None: raw
+    spec_std: float | None = None
 
     def __post_init__(self):
         n, side = len(self.frames), self.frames.shape[3]
@@ -289,12 +288,31 @@ class CachedSplit:
     def __len__(self) -> int:
         return len(self.frames)
 
-    def example(self, index: int, view: int = 0) -> dict[str, np.ndarray]:
-        """One view of one clip as evaluation inputs (central S crop): rgb float32 in [-1, 1], spec float32."""
+    @property
+    def num_views(self) -> int:
+        """Views (windows) stored per clip."""
+        return self.frames.shape[1]
+
+    @property
+    def standardised(self) -> bool:
+        """Whether log-mel is read standardised (mean 0, std 1 over the statistics' split)."""
+        return self.spec_mean is not None
+
+    def spectrogram(self, index: int, view: int = 0) -> np.ndarray:
+        """One view's log-mel (T, mel) float32, standardised when the split has statistics."""
+        spec = np.asarray(self.spec[index, view], np.float32)
+        return spec if self.spec_mean is None else normalise(spec, self.spec_mean, self.spec_std)
+
+    def example(self, index: int, view: int = 0, spec_view: int | None = None) -> dict[str, np.ndarray]:
+        """One view of one clip as evaluation inputs (central S crop): rgb float32 in [-1, 1], spec float32.
+
+        `spec_view` takes the spectrogram of another window (asynchronous sampling); default: the same.
+        """
         top, left = self.offset[index]
         crop = self.frames[index, view, :, top:top + self.image_size, left:left + self.image_size]
-        return {"rgb": video.to_signed_unit(crop), "spec": self.spec[index, view]}
+        return {"rgb": video.to_signed_unit(crop), "spec": self.spectrogram(index, view if spec_view is None else spec_view)}
 
-    def train_example(self, index: int, view: int = 0) -> dict[str, np.ndarray]:
+    def train_example(self, index: int, view: int = 0, spec_view: int | None = None) -> dict[str, np.ndarray]:
         """One view of one clip before the training crop: rgb uint8 (F, s, s, 3) as stored, spec float32."""
-        return {"rgb": self.frames[index, view], "spec": self.spec[index, view]}
+        return {"rgb": np.asarray(self.frames[index, view]),
+                "spec": self.spectrogram(index, view if spec_view is None else spec_view)}
