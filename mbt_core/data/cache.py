@@ -1,4 +1,4 @@
-"""Token cache: each split tokenised once into compact shards, keyed by the preprocessing config.
+"""Token cache: each split tokenised once into shards on disk, keyed by the preprocessing config; read from disk.
 
 Decoding video every epoch is the bottleneck on Colab-class hosts. A cache directory is named by a hash
 of everything that shapes the tokens (geometry, views, preprocessing), so a changed config never reads a
@@ -33,6 +33,7 @@ import threadpoolctl
 from tqdm.auto import tqdm
 
 from mbt_core.config import MBTConfig
+from mbt_core.data.disk_rows import DiskRows, save_rows
 from mbt_core.data.tokenise import Preprocess, views
 from mbt_core.data.worker_pool import CrashSafePool
 from mbt_core.datasets.records import ClipRecord, check_on_error
@@ -41,7 +42,9 @@ from mbt_core.media.audio import normalise
 from mbt_core.media.images import to_uint8
 
 SHARD = 128  # clips per shard
-FORMAT = 3  # 2: frames with the training margin, eval-crop offsets, clip ids, bad clips; 3: one view is centred
+FORMAT = 3  # 2: frames with the training margin, eval-crop offsets, clip ids, bad clips; 3: one view is centred,
+# frames and log-mel in .npy files beside each shard, read from disk
+ROWS = ("frames", "spec")  # the per-clip arrays, stored as .npy beside each shard's header and read from disk
 REPORT_FIRST = 5  # bad clips listed in the printed report
 MIN_POOL_CLIPS = 32  # fewer clips to tokenise run here: starting a worker (imports) costs seconds
 _BAD_CLIP = (ValueError, OSError)  # VideoDecodeError (a ValueError), a missing file, a start outside the clip
@@ -120,7 +123,13 @@ def _worker_died(args: tuple[ClipRecord, MBTConfig, Preprocess, int]) -> dict[st
 
 
 def _shard_path(directory: Path, n: int) -> Path:
+    """A shard's header: clip ids, flags, bad clips and source hash (its frames and log-mel lie beside it)."""
     return directory / f"shard_{n:05d}.npz"
+
+
+def _rows_path(directory: Path, n: int, field: str) -> Path:
+    """A shard's frames or log-mel: an uncompressed .npy that `DiskRows` reads from disk clip by clip."""
+    return directory / f"shard_{n:05d}.{field}.npy"
 
 
 def _shard_header(path: Path) -> tuple[str, list[tuple[int, str]]] | None:
@@ -154,6 +163,10 @@ def _write_shard(directory: Path, n: int, shard: range, records: Sequence[ClipRe
              "padded": np.zeros(0, bool), "audio_missing": np.zeros(0, bool), "offset": np.zeros((0, 2), np.int16)}
     arrays = {k: np.stack([r[k] for _, r in good]) if good else v for k, v in empty.items()}
     bad = [(i, r["error"]) for i, r in zip(shard, results) if "error" in r]
+    # The header goes last and names the source: arrays without a matching header are never read.
+    _shard_path(directory, n).unlink(missing_ok=True)
+    for field in ROWS:
+        save_rows(_rows_path(directory, n, field), arrays.pop(field))
     tmp = directory / f".shard_{n:05d}.tmp.npz"
     np.savez(tmp, index=np.asarray([i for i, _ in good], np.int64),
              clip_ids=np.asarray([records[i].clip_id for i, _ in good], dtype=str),
@@ -194,6 +207,8 @@ def build_cache(records: Sequence[ClipRecord], config: MBTConfig, root: str | Pa
         header = _shard_header(_shard_path(directory, n))
         if header is None or header[0] != _sources([records[i] for i in shards[n]]):
             return False
+        if not all(_rows_path(directory, n, field).exists() for field in ROWS):
+            return False
         return on_error == "skip" or not header[1]
 
     todo = [n for n in range(len(shards)) if not done(n)]
@@ -217,8 +232,8 @@ def build_cache(records: Sequence[ClipRecord], config: MBTConfig, root: str | Pa
         if pool:
             pool.shutdown()
         bar.close()
-    for stale in directory.glob("shard_*.npz"):  # left by a longer clip list
-        if int(stale.stem.split("_")[1]) >= len(shards):
+    for stale in directory.glob("shard_*.np[zy]"):  # left by a longer clip list
+        if int(stale.name.split(".")[0].split("_")[1]) >= len(shards):
             stale.unlink()
     skipped = [{"index": i, "clip_id": records[i].clip_id, "path": records[i].path, "reason": reason}
                for n in range(len(shards)) for i, reason in _shard_header(_shard_path(directory, n))[1]]
@@ -232,7 +247,10 @@ def build_cache(records: Sequence[ClipRecord], config: MBTConfig, root: str | Pa
 
 @dataclasses.dataclass
 class CachedSplit:
-    """A tokenised split in memory: frames (N, V, F, s, s, 3) uint8 with s >= S, spec (N, V, T, mel) float32.
+    """A tokenised split: frames (N, V, F, s, s, 3) uint8 with s >= S, spec (N, V, T, mel) float32.
+
+    Loaded from a cache, frames and spec are `DiskRows`, read from disk clip by clip; built by hand
+    (tests), in-memory arrays.
 
     `index` gives each clip's position in the records the cache was built from (clips skipped as bad
     are absent), `clip_ids` their ids; `offset` (N, 2) the top/left of the evaluation crop in the stored
@@ -276,9 +294,10 @@ class CachedSplit:
         parts = []
         for n in range(meta["shards"]):
             with np.load(_shard_path(directory, n)) as z:
-                parts.append({k: z[k] for k in ("frames", "spec", "padded", "audio_missing", "offset", "index",
-                                                "clip_ids")})
+                parts.append({k: z[k] for k in ("padded", "audio_missing", "offset", "index", "clip_ids")})
         got = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+        for field in ROWS:  # read from disk as clips are asked for: memory does not grow with the split
+            got[field] = DiskRows([_rows_path(directory, n, field) for n in range(meta["shards"])])
         present = meta["clips"] - len(meta["skipped"])
         if len(got.get("index", ())) != present:
             raise ValueError(f"token cache {directory}: {len(got.get('index', ()))} clips in shards, meta says "
