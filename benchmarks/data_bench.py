@@ -9,7 +9,11 @@ downloads) into a temporary directory and measures, one process unless stated:
 - reading the cache: `CachedSplit.example` (evaluation crop) and `TrainIterator` batches (training crop,
   flip, colour jitter, SpecAugment), i.e. what training and evaluation see once the cache exists.
 
-Prints a markdown table. Usage: `OPENBLAS_NUM_THREADS=1 python benchmarks/data_bench.py [--clips 20]`.
+- one augmented training example (`augment.augment_example`: crop, flip, colour jitter, SpecAugment) alone;
+- peak resident memory of a fresh process that loads a cached split and reads one epoch of training
+  batches, for a split of `--clips` clips and one 4x larger (the cache is read from disk: flat).
+
+Prints markdown tables. Usage: `OPENBLAS_NUM_THREADS=1 python benchmarks/data_bench.py [--clips 20]`.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ import numpy as np  # noqa: E402
 
 from mbt_core.config import MBTConfig  # noqa: E402
 from mbt_core.data import cache as cache_module  # noqa: E402
+from mbt_core.data.augment import augment_example  # noqa: E402
 from mbt_core.data.cache import CachedSplit, build_cache  # noqa: E402
 from mbt_core.data.pipeline import TrainIterator  # noqa: E402
 from mbt_core.data.tokenise import tokenise, views  # noqa: E402
@@ -81,6 +86,40 @@ def rate(fn, items, warmup: int = 1) -> tuple[float, float]:
     return len(items) / seconds, seconds
 
 
+def epoch_peak_rss(directory: str, windows: int) -> tuple[float, float]:
+    """(peak RSS in MB after loading the split, after one epoch of training batches), in this fresh process."""
+    import resource
+
+    config = MBTConfig.preset("paper-b16")
+    split = CachedSplit.load(directory)
+    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    train = TrainConfig(batch_size=4, seed=0)
+    it = TrainIterator(split, np.zeros((len(split), 1), np.float32),
+                       RunConfig(config, train, DataConfig(train_windows=windows)))
+    for _ in range(len(split) // train.batch_size):
+        next(it)
+    it.close()
+    return loaded, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_rows(tmp: Path, records: list, config: MBTConfig, windows: int) -> list[tuple[int, float, float, float]]:
+    """(clips, bytes of the split's arrays in MB, peak RSS after load, after an epoch) for 1x and 4x the clips."""
+    import multiprocessing
+
+    rows = []
+    for factor in (1, 4):
+        split_records = [ClipRecord(f"{r.clip_id}-{k}", r.start, r.end, r.labels, path=r.path, video=r.video)
+                         for k in range(factor) for r in records]
+        directory = build_cache(split_records, config, tmp / "memory", f"x{factor}", num_views=windows,
+                                workers=1, progress=False)
+        split = CachedSplit.load(directory)
+        size = (split.frames.shape[0] * np.prod(split.frames.shape[1:]) + 4 * np.prod(split.spec.shape)) / 2 ** 20
+        with multiprocessing.get_context("spawn").Pool(1) as pool:  # a fresh process per split size
+            loaded, epoch = pool.apply(epoch_peak_rss, (str(directory), windows))
+        rows.append((len(split_records), float(size), loaded, epoch))
+    return rows
+
+
 def machine() -> str:
     """nproc, CPU model and date, for RESULTS.md."""
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -96,6 +135,7 @@ def main() -> None:
     parser.add_argument("--size", default="640x360", help="WIDTHxHEIGHT of the test clips")
     parser.add_argument("--workers", type=int, default=2, help="cache build worker processes")
     parser.add_argument("--batches", type=int, default=20, help="TrainIterator batches of 8 to time")
+    parser.add_argument("--windows", type=int, default=3, help="cached training windows per clip (data.train_windows)")
     args = parser.parse_args()
     width, height = map(int, args.size.split("x"))
     config = MBTConfig.preset("paper-b16")
@@ -123,6 +163,10 @@ def main() -> None:
         rows.append(("cache read: CachedSplit.example (evaluation crop)",
                      *rate(lambda i: split.example(i), list(range(len(split))) * 5)))
         train = TrainConfig(batch_size=8, seed=0, frame_augment=True, spec_augment=True)
+        rng = np.random.default_rng(0)
+        rows.append(("augment_example alone: one paper-geometry training example, this process",
+                     *rate(lambda i: augment_example(split.train_example(i), rng, train, config.image_size, False),
+                           list(range(len(split))) * 3)))
         for workers in (0, args.workers):
             it = TrainIterator(split, np.zeros((len(split), 1), np.float32),
                                RunConfig(config, train, DataConfig(workers=workers)))
@@ -131,12 +175,19 @@ def main() -> None:
             it.close()
             rows.append((f"cache read + training augmentation: TrainIterator, {workers} workers",
                          per_batch * train.batch_size, seconds))
+        memory = memory_rows(tmp, records, config, args.windows)
     print(f"\nPaper geometry: {config.rgb_frames} frames at {config.image_size}^2, {config.spec_seconds:g} s of "
           f"{config.mel_bins}-bin log-mel; {args.clips} clips of {args.seconds:g} s at {width}x{height}.\n")
     print("| what | clips/s | ms/clip |")
     print("| --- | ---: | ---: |")
     for name, per_second, _ in rows:
         print(f"| {name} | {per_second:.2f} | {1000 / per_second:.1f} |")
+    print(f"\nPeak RSS of a fresh process: load the cached training split ({args.windows} windows per clip), "
+          f"then one epoch of TrainIterator batches of 4 (0 workers).\n")
+    print("| clips | split's arrays (MB) | peak RSS after load (MB) | peak RSS after an epoch (MB) |")
+    print("| ---: | ---: | ---: | ---: |")
+    for clips, size, loaded, epoch in memory:
+        print(f"| {clips} | {size:.0f} | {loaded:.0f} | {epoch:.0f} |")
 
 
 if __name__ == "__main__":

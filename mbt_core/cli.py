@@ -78,8 +78,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     run = load_config(args.config, args.overrides)
     if args.data:
         run = run.replace(data={"dir": args.data})
-    train_run(run, args.out, restart=args.restart)
-    print(f"trained {run.train.steps} steps into {args.out}")
+    trained = train_run(run, args.out, restart=args.restart)
+    print(f"trained {trained.train.steps} steps into {args.out}")
 
 
 def cmd_tokenise(args: argparse.Namespace) -> None:
@@ -89,11 +89,12 @@ def cmd_tokenise(args: argparse.Namespace) -> None:
     run = load_config(args.config, args.overrides).replace(data={"dir": args.data})
     dataset = load_dataset(run.data)
     if args.stats:  # over the raw (unnormalised) training split, recorded in the card
-        train = tokenised_split(dataset, run.data.train_split, run.model, 1, on_error=run.data.on_error)
+        train = tokenised_split(dataset, run.data.train_split, run.model, run.data.train_windows,
+                                on_error=run.data.on_error)
         stats = record_statistics(dataset, train, run.data.train_split)
         print(f"spectrogram mean {stats['mean']:.4f}, std {stats['std']:.4f} -> {dataset.card['path']}")
     for split in args.splits or sorted(dataset.splits):
-        views = args.views or (1 if split == run.data.train_split else run.train.eval_views)
+        views = args.views or (run.data.train_windows if split == run.data.train_split else run.train.eval_views)
         cached = tokenised_split(dataset, split, run.model, views, on_error=run.data.on_error,
                                  normalise=run.data.normalise_spec)
         print(f"{split}: {len(cached)} clips x {views} view(s) cached")

@@ -60,17 +60,18 @@ def validation(run: RunConfig, dataset: Any, progress: bool = True) -> Callable[
 
 
 def train_data(run: RunConfig, dataset: Any, progress: bool = True) -> TrainData:
-    """The training split of a run's data as the loop reads it, with validation when `train.eval_every` asks."""
-    split = run_split(run, dataset, run.data.train_split, 1, progress)
+    """The training split of a run's data as the loop reads it (`data.train_windows` cached windows per clip, drawn
+    at random), with validation when `train.eval_every` asks."""
+    split = run_split(run, dataset, run.data.train_split, run.data.train_windows, progress)
     check_batch_size(run, len(split), f"split {run.data.train_split!r} (readable clips)")
     batches = TrainIterator(split, dataset.labels(run.data.train_split, split.index), run)
     return TrainData(batches, dataset.label_type, steps_per_epoch(len(split), run.train.batch_size),
                      validation(run, dataset, progress) if run.train.eval_every else None)
 
 
-def train_run(run: RunConfig, out_dir: str | Path, progress: bool = True, restart: bool = False) -> None:
+def train_run(run: RunConfig, out_dir: str | Path, progress: bool = True, restart: bool = False) -> RunConfig:
     """Train `run` on its data directory into `out_dir` (resuming when checkpoints of the same config exist;
-    with `restart`, after moving an earlier run's files to `out_dir/previous/<n>/`)."""
+    with `restart`, after moving an earlier run's files to `out_dir/previous/<n>/`); the run as trained."""
     dataset = load_dataset(run.data)
     run = fit_classes(run, dataset.classes)
     if run.data.train_split in dataset.splits:
@@ -80,6 +81,7 @@ def train_run(run: RunConfig, out_dir: str | Path, progress: bool = True, restar
         print(f"{out_dir}: the earlier run's files were moved to {moved}")
     check_resume(out_dir, run)  # here too: refused before tokenising
     data = train_data(run, dataset, progress)
+    run = run.resolve_epochs(data.steps_per_epoch)
     params = None
     if run.train.init_checkpoint:
         state, _ = init_state(run, 1)
@@ -87,6 +89,7 @@ def train_run(run: RunConfig, out_dir: str | Path, progress: bool = True, restar
                                        run.train.init_fusion_from_posemb)
         print(report)
     train_and_evaluate(run, out_dir, data, params=params, progress=progress)
+    return run
 
 
 def load_params(run_dir: str | Path, which: str = "latest") -> tuple[RunConfig, Any]:

@@ -12,6 +12,7 @@ import ast
 import dataclasses
 import functools
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -43,6 +44,7 @@ class TrainConfig:
     """Optimisation and augmentation (Sec. 4.2: SGD+momentum, cosine schedule, mixup, SpecAugment)."""
 
     steps: int = 1000
+    epochs: float | None = None  # When set, `steps` is resolved from it: ceil(epochs x steps of one epoch).
     batch_size: int = 64
     optimizer: str = "sgd"  # "sgd" (momentum, the paper) or "adamw" (small from-scratch recipes).
     learning_rate: float = 0.5
@@ -54,8 +56,17 @@ class TrainConfig:
     label_smoothing: float = 0.0
     mixup_alpha: float = 0.3  # 0 disables mixup.
     modality_mixup: bool = True
-    spec_augment: bool = True
-    frame_augment: bool = True  # Random crop with scale jitter, flip, colour jitter.
+    # The one training augmentation (Sec. 4.2), `augment.augment_example`; defaults of the official config.
+    frame_augment: bool = True  # Random crop with scale jitter, flip, colour jitter (the fields below).
+    crop_scale: tuple[float, float] = (0.9, 1.33)  # Scale jitter of the crop's height and width.
+    flip: float = 0.5  # Probability of a left-right flip.
+    color_jitter: float = 0.8  # Probability of colour jitter (brightness, saturation, contrast, hue).
+    color_drop: float = 0.1  # Probability of greyscale.
+    spec_augment: bool = True  # SpecAugment, AST style; masks hold the mean (0 once standardised).
+    spec_time_masks: int = 1
+    spec_max_time: int = 192
+    spec_freq_masks: int = 1
+    spec_max_freq: int = 48
     compute_dtype: str = "float32"  # "bfloat16" on TPUs.
     seed: int = 0
     log_every: int = 10
@@ -75,6 +86,14 @@ class TrainConfig:
             raise ValueError(f"train.momentum: must lie in [0, 1), got {self.momentum}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"train.label_smoothing: must lie in [0, 1), got {self.label_smoothing}")
+        _at_least(self, "train", 0, "spec_time_masks", "spec_max_time", "spec_freq_masks", "spec_max_freq")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ValueError(f"train.epochs: must be > 0 or None (train.steps counts), got {self.epochs}")
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1]:
+            raise ValueError(f"train.crop_scale: must be (low, high) with 0 < low <= high, got {self.crop_scale}")
+        for name in ("flip", "color_jitter", "color_drop"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"train.{name}: a probability must lie in [0, 1], got {getattr(self, name)}")
         if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
             raise ValueError(f"train.grad_clip_norm: must be > 0 or None (no clipping), got {self.grad_clip_norm}")
 
@@ -93,9 +112,12 @@ class DataConfig:
     workers: int = 0  # grain worker processes (0: in the main process).
     on_error: str = "raise"  # A corrupt clip stops tokenisation ("raise") or is left out and reported ("skip").
     normalise_spec: bool = False  # Standardise log-mel with the card's statistics (`mbt tokenise --stats`).
+    train_windows: int = 3  # Candidate t-second windows cached per training clip, first to last (Sec. 4.2).
+    synchronous: bool = True  # One window for both modalities; False: each draws its own (Sec. 4.3.2).
 
     def __post_init__(self):
         _at_least(self, "data", 0, "workers")
+        _at_least(self, "data", 1, "train_windows")
         _one_of(self, "data", on_error=ON_ERROR)
 
 
@@ -112,6 +134,12 @@ class RunConfig:
         """A copy with fields of each section changed (`dataclasses.replace`, validated again)."""
         return RunConfig(self.model.replace(**(model or {})), dataclasses.replace(self.train, **(train or {})),
                          dataclasses.replace(self.data, **(data or {})))
+
+    def resolve_epochs(self, steps_per_epoch: int) -> "RunConfig":
+        """The run with `train.steps` = ceil(train.epochs x steps_per_epoch) when it counts epochs; else itself."""
+        if self.train.epochs is None:
+            return self
+        return self.replace(train={"steps": max(1, math.ceil(self.train.epochs * steps_per_epoch))})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able nested dict (what `config.json` holds)."""
@@ -142,13 +170,16 @@ def _known(section: str, values: Mapping[str, Any]) -> Mapping[str, Any]:
     return values
 
 
-_PAPER_TRAIN = dict(steps=50_000, batch_size=64, optimizer="sgd", learning_rate=0.5, momentum=0.9,
+_PAPER_TRAIN = dict(epochs=50.0, batch_size=64, optimizer="sgd", learning_rate=0.5, momentum=0.9,
                     warmup_epochs=2.5, grad_clip_norm=1.0, mixup_alpha=0.3, modality_mixup=True,
                     spec_augment=True, frame_augment=True)
 
 RECIPES: dict[str, dict[str, Any]] = {
     # The paper's recipe (Sec. 4.2) on the paper's model; stochastic depth 0.3.
-    "paper": {"model": {"preset": "paper-b16", "stochastic_depth": 0.3}, "train": _PAPER_TRAIN},
+    # 50 epochs, resolved to steps from the training split's size; log-mel standardised with the training
+    # split's statistics (`mbt tokenise --stats`); 10 s clips: 3 windows of 8 s, one frame stride (1 s) apart.
+    "paper": {"model": {"preset": "paper-b16", "stochastic_depth": 0.3}, "train": _PAPER_TRAIN,
+              "data": {"normalise_spec": True, "train_windows": 3}},
     # From-scratch CPU recipe on the synthetic benchmark: a few minutes on 2 cores. No modality mixup,
     # which blurs the pairing classes; AdamW because nothing is pre-trained.
     "synthetic-tiny": {
@@ -157,6 +188,7 @@ RECIPES: dict[str, dict[str, Any]] = {
                       warmup_epochs=1.0, grad_clip_norm=1.0, mixup_alpha=0.0, modality_mixup=False,
                       spec_augment=False, frame_augment=False, log_every=10, eval_every=0,
                       checkpoint_every=100, eval_views=1),
+        "data": {"train_windows": 1},  # 4 s clips, 4 s windows: one window is the whole clip
     },
 }
 

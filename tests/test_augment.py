@@ -121,6 +121,31 @@ def test_spec_augment_official_option():
     assert tiny.shape == (10, 4)  # masks wider than the spectrogram are capped
 
 
+def test_augment_example_masks_hold_the_mean_and_follow_the_train_config():
+    from mbt_core.recipes import TrainConfig
+
+    rng = np.random.default_rng(3)
+    raw = rng.normal(-7.0, 3.0, (400, 32)).astype(np.float32)
+    standard = (raw - raw.mean()) / raw.std()
+    train = TrainConfig(frame_augment=False, spec_time_masks=1, spec_max_time=400, spec_freq_masks=0)
+    for spec, standardised, mean in ((standard, True, 0.0), (raw, False, float(raw.mean()))):
+        for seed in range(20):
+            out = augment.augment_example({"spec": spec}, np.random.default_rng(seed), train, 8, standardised)["spec"]
+            rows, _ = _masked(out - np.float32(mean))  # masked rows hold exactly the mean
+            if rows.size:
+                break
+        assert rows.size and np.all(out[rows] == np.float32(mean)), standardised
+        np.testing.assert_array_equal(np.delete(out, rows, 0), np.delete(spec, rows, 0))
+    # The run config alone decides: no masks, no crop -> the example unchanged; frames leave in [-1, 1].
+    off = TrainConfig(frame_augment=False, spec_time_masks=0, spec_freq_masks=0)
+    np.testing.assert_array_equal(augment.augment_example({"spec": raw}, rng, off, 8, False)["spec"], raw)
+    frames = rng.integers(0, 256, (2, 9, 9, 3), dtype=np.uint8)
+    got = augment.augment_example({"rgb": frames}, rng, TrainConfig(crop_scale=(1.0, 1.0), color_jitter=0.0,
+                                                                     color_drop=0.0, flip=0.0), 8, False)["rgb"]
+    assert got.shape == (2, 8, 8, 3) and got.dtype == np.float32
+    assert any(np.allclose(got, frames[:, t:t + 8, l:l + 8] / 127.5 - 1.0, atol=1e-6) for t in (0, 1) for l in (0, 1))
+
+
 def _batch(size=6, seed=0):
     rng = np.random.default_rng(seed)
     return {"rgb": rng.normal(size=(size, 2, 4, 4, 3)).astype(np.float32),

@@ -13,8 +13,7 @@ import pytest
 import media  # tests/ is on sys.path: conftest
 from mbt_core.config import MBTConfig
 from mbt_core.data import cache as cache_module
-from mbt_core.data import pipeline
-from mbt_core.data.cache import TRAIN_ONLY, CachedSplit, ClipError, build_cache, cache_key, stored_size
+from mbt_core.data.cache import CachedSplit, ClipError, build_cache, cache_key, stored_size
 from mbt_core.data.pipeline import TrainIterator, load_dataset, steps_per_epoch, tokenised_split
 from mbt_core.data.tokenise import Preprocess, tokenise, views
 from mbt_core.datasets.records import ClipRecord
@@ -66,10 +65,9 @@ def _manifest(root):
 
 # --- cache key ---------------------------------------------------------------------------------------------
 
-# A valid other value for every Preprocess field (a new field fails the test until it is classified here).
-OTHER = dict(train=True, fps=30.0, sampling="consecutive", synchronous=False, short_side_ratio=1.25,
-             crop_scale=(0.8, 1.2), flip=0.3, color_jitter=0.5, color_drop=0.2, spec_time_masks=2, spec_max_time=100,
-             spec_freq_masks=2, spec_max_freq=24, spec_mean=-4.0, spec_std=4.0, on_missing_audio="error")
+# A valid other value for every Preprocess field (a new field fails the test until it is listed here).
+OTHER = dict(fps=30.0, sampling="consecutive", short_side_ratio=1.25, spec_mean=-4.0, spec_std=4.0,
+             on_missing_audio="error")
 
 
 def test_cache_key_changes_with_token_fields_only():
@@ -87,26 +85,7 @@ def test_cache_key_changes_with_token_fields_only():
         # spec_mean and spec_std are given together: change one of a given pair.
         pair = dict(spec_mean=-5.0, spec_std=5.0) if field in ("spec_mean", "spec_std") else {}
         before, after = Preprocess(**pair), Preprocess(**{**pair, field: value})
-        same = cache_key(TINY, after, 1) == cache_key(TINY, before, 1)
-        assert same == (field in TRAIN_ONLY), field
-
-
-def test_training_only_fields_do_not_change_evaluation_views(synth):
-    root, _ = synth
-    path = str(root / "clips" / "synth_000000.mp4")
-    want = views(path, TINY, 2)
-    for field in TRAIN_ONLY:
-        if field == "train":
-            continue
-        got = views(path, TINY, 2, preprocess=Preprocess(**{field: OTHER[field]}))
-        for a, b in zip(want, got):
-            np.testing.assert_array_equal(a.frames, b.frames, err_msg=field)
-            np.testing.assert_array_equal(a.spectrogram, b.spectrogram, err_msg=field)
-
-
-def test_cache_refuses_training_preprocess(tmp_path, odd_clips):
-    with pytest.raises(ValueError, match="Preprocess.train"):
-        build_cache(odd_clips, TINY, tmp_path, "x", preprocess=Preprocess(train=True), progress=False)
+        assert cache_key(TINY, after, 1) != cache_key(TINY, before, 1), field  # every field shapes views
 
 
 # --- contents --------------------------------------------------------------------------------------------
@@ -121,7 +100,7 @@ def test_cached_views_equal_tokenise(tmp_path, synth, odd_clips):
     assert set(split.offset[len(records) - 3:].ravel()) == {1, 2}  # both parities are exercised
     for i, record in enumerate(records):
         want = views(record.path, TINY, 2, start=record.start, end=None if math.isinf(record.end) else record.end)
-        if i == 0:  # the first of the views is tokenise()'s window at the segment start
+        if i == 0:  # the first of the views is the window at the segment start
             one = tokenise(record.path, TINY, start=record.start, end=record.end)
             np.testing.assert_array_equal(one.frames, want[0].frames)
         for v, view in enumerate(want):
@@ -197,7 +176,7 @@ def test_a_clip_replaced_in_place_is_tokenised_again(tmp_path, odd_clips):
     new = media.write_video(tmp_path / "new.mp4", frames, 25.0, audio=media.tone(1200, 6.0, 16000))
     os.replace(new, records[1].path)
     split = CachedSplit.load(build_cache(records, **build))
-    fresh = tokenise(records[1].path, TINY, start=0.0)  # the cached view: the window at the segment start
+    fresh = tokenise(records[1].path, TINY)  # the cached view: the centred window
     got = split.example(1)
     assert np.abs(got["rgb"] - fresh.frames).max() <= 1 / 255 + 1e-6
     np.testing.assert_array_equal(got["spec"], fresh.spectrogram)
@@ -367,13 +346,13 @@ def test_train_iterator_epochs_and_alignment_without_augmentation():
             np.testing.assert_array_equal(batch["labels"][k], labels[i])
 
 
-def test_training_crop_reaches_the_stored_margin(monkeypatch):
+def test_training_crop_reaches_the_stored_margin():
     split, labels, ids = mock_split()
     split.frames[:] = 255
     split.frames[:, :, :, 0:8, 0:8] = 0  # wherever the evaluation crop lies, it holds no 255 ...
     assert all((split.example(i)["rgb"] < 1.0).any() for i in range(len(split)))
-    monkeypatch.setattr(pipeline, "color_jitter", lambda frames, rng: frames)
-    seen = np.concatenate([b["rgb"] for b in _take(_iterator(0, split=(split, labels, ids)), 12)])
+    no_colour = dict(color_jitter=0.0, color_drop=0.0)
+    seen = np.concatenate([b["rgb"] for b in _take(_iterator(0, split=(split, labels, ids), **no_colour), 12)])
     assert seen.shape[2:4] == (8, 8)
     assert (seen == 1.0).any() and (seen == -1.0).any()  # ... but training crops reach the margin
 
@@ -396,9 +375,9 @@ def test_hosts_read_disjoint_shards(monkeypatch):
 class ThreadProbe(CachedSplit):
     """A split whose spectrogram reports the reading process's OPENBLAS_NUM_THREADS and BLAS pool size."""
 
-    def train_example(self, index, view=0):
+    def train_example(self, index, view=0, spec_view=None):
         import threadpoolctl
-        out = super().train_example(index, view)
+        out = super().train_example(index, view, spec_view)
         spec = np.zeros_like(out["spec"])
         spec[0, 0] = float(os.environ.get("OPENBLAS_NUM_THREADS", "0"))
         spec[0, 1] = max(p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas")

@@ -1,4 +1,4 @@
-"""`tokenise` and `views` (Sec. 4.2): config geometry, windows, padding, missing audio, asynchronous sampling.
+"""`tokenise` and `views` (Sec. 4.2): config geometry, windows, padding, missing audio, the centred single view.
 
 Test clips are tiny mp4s whose frame colour encodes the frame index (tests/media.py), so which instants a
 view saw is checked against the window arithmetic of the paper: F frames at stride t*25/F from the start.
@@ -20,7 +20,6 @@ from mbt_core.media import audio  # noqa: E402
 from mbt_core.media.video import MissingAudioError, VideoDecodeError  # noqa: E402
 
 TINY = MBTConfig.preset("tiny")  # 16 frames of 24^2, 4 s of 32-bin log-mel
-NO_AUGMENT = dict(flip=0.0, color_jitter=0.0, color_drop=0.0, spec_time_masks=0, spec_freq_masks=0)
 
 
 @pytest.fixture(scope="module")
@@ -46,20 +45,19 @@ def _indices(view: View) -> list[int]:
 @pytest.mark.parametrize("preset", ["tiny", "paper-b16", "micro"])
 def test_shapes_follow_the_config(clip, preset):
     config = MBTConfig.preset(preset)
-    for preprocess in (Preprocess(), Preprocess(train=True)):
-        view = tokenise(clip, config, preprocess=preprocess, rng=np.random.default_rng(0))
-        assert view.frames.shape == config.input_shape("rgb")[:-1] + (3,) and view.frames.dtype == np.float32
-        assert view.spectrogram.shape == (config.spec_frames, config.mel_bins) == (100 * config.spec_seconds,
-                                                                                   config.mel_bins)
-        assert view.spectrogram.dtype == np.float32
-        assert view.frames.min() >= -1.0 and view.frames.max() <= 1.0
-        assert view.rgb_grid == config.grid("rgb") and view.spec_grid == config.grid("spec")
-        assert not view.padded and not view.audio_missing
+    view = tokenise(clip, config)
+    assert view.frames.shape == config.input_shape("rgb")[:-1] + (3,) and view.frames.dtype == np.float32
+    assert view.spectrogram.shape == (config.spec_frames, config.mel_bins) == (100 * config.spec_seconds,
+                                                                               config.mel_bins)
+    assert view.spectrogram.dtype == np.float32
+    assert view.frames.min() >= -1.0 and view.frames.max() <= 1.0
+    assert view.rgb_grid == config.grid("rgb") and view.spec_grid == config.grid("spec")
+    assert not view.padded and not view.audio_missing
 
 
 def test_centred_window_samples_the_paper_stride(clip):
     view = tokenise(clip, TINY)
-    assert (view.start, view.end) == (3.0, 7.0) == (view.spec_start, view.spec_end)
+    assert (view.start, view.end) == (3.0, 7.0)
     # 16 frames over 4 s at 25 fps: stride 6.25 source frames, from the window's first frame (index 75).
     assert _indices(view) == [75 + math.floor(k * 6.25) for k in range(16)]
     np.testing.assert_allclose(view.frame_times, (75 + np.floor(np.arange(16) * 6.25)) / 25)
@@ -129,28 +127,15 @@ def test_missing_audio(tmp_path):
     assert str(path) in str(err.value) and isinstance(err.value, VideoDecodeError)
 
 
-def test_training_windows_and_augmentation_are_seeded(clip):
-    preprocess = Preprocess(train=True)
-    a = tokenise(clip, TINY, preprocess=preprocess, rng=np.random.default_rng(5))
-    b = tokenise(clip, TINY, preprocess=preprocess, rng=np.random.default_rng(5))
-    np.testing.assert_array_equal(a.frames, b.frames)
-    np.testing.assert_array_equal(a.spectrogram, b.spectrogram)
-    starts = [tokenise(clip, TINY, preprocess=preprocess, rng=np.random.default_rng(s)).start for s in range(8)]
-    assert all(0.0 <= s <= 6.0 for s in starts) and len(set(starts)) == 8
-    assert all(v.start == v.spec_start for v in (a, b))  # synchronous by default
-
-
-def test_asynchronous_sampling_draws_independent_windows(clip):
-    preprocess = Preprocess(train=True, synchronous=False, crop_scale=(1.0, 1.0), **NO_AUGMENT)
-    offsets = []
-    for seed in range(6):
-        view = tokenise(clip, TINY, preprocess=preprocess, rng=np.random.default_rng(seed))
-        offsets.append(view.spec_start - view.start)
-        # Each modality is what an evaluation view at its own window start gives.
-        spec_ref = tokenise(clip, TINY, start=view.spec_start)
-        np.testing.assert_allclose(view.spectrogram, spec_ref.spectrogram, atol=1e-4)
-        assert _indices(view) == _indices(tokenise(clip, TINY, start=view.start))
-    assert np.ptp(offsets) > 1.0
+def test_one_view_is_the_centred_window(clip, short_clip):
+    # The closed form: a clip [0, D) and a window t give the one view [(D - t) / 2, (D + t) / 2).
+    for config in (TINY, MBTConfig.preset("micro")):
+        (view,) = views(clip, config, n=1)
+        assert view.start == pytest.approx((10.0 - config.spec_seconds) / 2)
+        np.testing.assert_array_equal(view.frames, tokenise(clip, config).frames)
+    (segment,) = views(clip, TINY, n=1, start=2.0, end=8.0)  # [2, 8): (2 + 8 - 4) / 2
+    assert segment.start == pytest.approx(3.0)
+    assert views(short_clip, TINY, n=1)[0].start == 0.0  # no room: the window starts at the clip
 
 
 def test_normalisation_with_dataset_statistics(clip):
@@ -188,7 +173,6 @@ def test_bad_arguments(clip):
         views(clip, TINY, start=3.0, end=2.0)
     with pytest.raises(ValueError, match="n must be"):
         views(clip, TINY, n=0)
-    for field, value in [("sampling", "random"), ("on_missing_audio", "skip"), ("flip", 2.0),
-                         ("spec_std", 0.0), ("crop_scale", (1.2, 1.0)), ("fps", 0)]:
+    for field, value in [("sampling", "random"), ("on_missing_audio", "skip"), ("spec_std", 0.0), ("fps", 0)]:
         with pytest.raises(ValueError, match=f"Preprocess.{field}"):
             Preprocess(**{field: value})

@@ -25,11 +25,11 @@ from mbt_core.train.optim import learning_rate_schedule, make_optimizer
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def mock_split(config, n=16, seed=0, classes=5):
+def mock_split(config, n=16, seed=0, classes=5, windows=1):
     """An in-memory tokenised split with random frames and spectrograms, and random multi-hot labels."""
     rng = np.random.default_rng(seed)
-    frames = rng.integers(0, 256, (n, 1, *config.input_shape("rgb")), dtype=np.uint8)
-    spec = rng.normal(size=(n, 1, config.spec_frames, config.mel_bins)).astype(np.float32)
+    frames = rng.integers(0, 256, (n, windows, *config.input_shape("rgb")), dtype=np.uint8)
+    spec = rng.normal(size=(n, windows, config.spec_frames, config.mel_bins)).astype(np.float32)
     split = CachedSplit(frames, spec, np.zeros(n, bool), np.zeros(n, bool))
     labels = (rng.random((n, classes)) < 0.4).astype(np.float32)
     return split, labels, [f"clip{i}" for i in range(n)]
@@ -57,8 +57,16 @@ def test_losses_match_closed_forms():
         -(smoothed * logp).sum(-1).mean(), rel=1e-5)
     heads = {"verb": logits, "noun": logits[:, :2]}
     labels = {"verb": onehot, "noun": np.eye(2)[[0, 1, 1, 0]]}
-    want = sum(float(classification_loss(heads[h], labels[h], "single_label")) for h in heads)
-    assert float(classification_loss(heads, labels, "multi_head")) == pytest.approx(want, rel=1e-6)
+    # The two-head loss is the heads' mean (the official EPIC trainer), here from the closed form per head.
+    noun_logp = logits[:, :2] - np.log(np.exp(logits[:, :2]).sum(-1, keepdims=True))
+    want = (-(onehot * logp).sum(-1).mean() - (labels["noun"] * noun_logp).sum(-1).mean()) / 2
+    assert float(classification_loss(heads, labels, "multi_head")) == pytest.approx(want, rel=1e-5)
+    concatenated = np.concatenate([labels["verb"], labels["noun"]], -1)  # as Dataset.labels gives them
+    assert float(classification_loss(heads, concatenated, "multi_head")) == pytest.approx(want, rel=1e-5)
+    # Multi-label smoothing as Scenic: y (1 - s) + s / C, here C = 3.
+    target = targets * 0.8 + 0.2 / 3
+    smoothed_bce = -(target * np.log(p) + (1 - target) * np.log(1 - p)).sum(-1).mean()
+    assert float(classification_loss(logits, targets, "multi_label", 0.2)) == pytest.approx(smoothed_bce, rel=1e-5)
     with pytest.raises(ValueError, match="label_type"):
         classification_loss(logits, targets, "ranking")
 
@@ -89,6 +97,19 @@ def test_schedule_warmup_then_cosine_and_clipping():
     grads = {"w": jnp.asarray([30.0, 40.0])}
     updates, _ = tx.update(grads, tx.init(grads), grads)
     assert float(optax.tree.norm(updates)) <= 1.0 + 1e-6
+
+
+def test_paper_recipe_counts_epochs():
+    run = load_run_config("paper")
+    assert (run.train.epochs, run.train.warmup_epochs) == (50.0, 2.5)
+    assert run.data.normalise_spec  # standardised with the training split's statistics
+    # AudioSet-balanced-sized split: 20,000 clips of batch 64 -> 312 steps an epoch, 15,600 steps.
+    resolved = run.resolve_epochs(20_000 // 64)
+    assert resolved.train.steps == 15_600 and resolved.train.epochs == 50.0
+    assert load_run_config("paper", ["train.epochs=0.5"]).resolve_epochs(3).train.steps == 2  # ceil(1.5)
+    assert load_run_config("synthetic-tiny").resolve_epochs(3).train.steps == 400  # steps count, no epochs
+    with pytest.raises(ValueError, match="train.epochs"):
+        load_run_config("paper", ["train.epochs=0"])
 
 
 def test_paper_recipe_values():
@@ -198,10 +219,10 @@ def test_data_parallel_step_equals_single_device():
     assert float(diff) < 1e-5
 
 
-def slow_fit(out, slow, **train):
+def slow_fit(out, slow, windows=1, synchronous=True, **train):
     """Train `micro_run(**train)` on a mock split into `out`, each batch `slow` seconds late (time to stop it)."""
-    run = micro_run(**train)
-    split, labels, _ = mock_split(run.model, n=10)
+    run = micro_run(**train).replace(data={"synchronous": synchronous})
+    split, labels, _ = mock_split(run.model, n=10, windows=windows)
     it = TrainIterator(split, labels, run)
 
     class Slow:
@@ -221,8 +242,9 @@ RESUME_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, "tests")
     from test_train import slow_fit
-    slow_fit(sys.argv[1], float(sys.argv[2]), steps=12, checkpoint_every=3, mixup_alpha=0.3, modality_mixup=True,
-             spec_augment=True, frame_augment=True, log_every=1)
+    slow_fit(sys.argv[1], float(sys.argv[2]), windows=3, synchronous=False,  # random windows, one per modality
+             steps=12, checkpoint_every=3, mixup_alpha=0.3, modality_mixup=True, spec_augment=True,
+             frame_augment=True, log_every=1)
 """)
 
 

@@ -1,12 +1,13 @@
 """Training augmentations (Sec. 4.2): frame crop/flip/colour, SpecAugment, mixup and modality mixup (Sec. 4.3).
 
 Per-example transforms act on one clip, with the same random draw for all its frames, and take an
-explicit `np.random.Generator`; `mixup` is a batch transform on a dict batch {"rgb", "spec", "labels"}.
+explicit `np.random.Generator`; `augment_example` is the one training path, configured by the run's
+`train` section; `mixup` is a batch transform on a dict batch {"rgb", "spec", "labels"}.
 Defaults follow the official MBT AudioSet config where the paper is silent.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -14,6 +15,9 @@ import numpy as np
 # SpecAugment of the official MBT config (lingvo): four time masks of up to 48 frames, one frequency mask
 # of up to 48 bins. The default of `spec_augment` is the paper's AST-style one.
 OFFICIAL_SPEC_AUGMENT = dict(time_masks=4, max_time=48, freq_masks=1, max_freq=48)
+if TYPE_CHECKING:
+    from mbt_core.recipes import TrainConfig
+
 _GREY = np.array([0.2989, 0.5870, 0.1140], np.float32)  # ITU-R 601 luma, as tf.image.rgb_to_grayscale
 
 
@@ -129,4 +133,25 @@ def mixup(batch: Mapping[str, np.ndarray], rng: np.random.Generator, alpha: floa
         out[f"mixup_{m}"] = lam
     out["labels"] = np.mean([out[f"labels_{m}"] for m in modalities], axis=0).astype(np.float32)
     out["mixup_partner"] = perm
+    return out
+
+
+def augment_example(example: Mapping[str, np.ndarray], rng: np.random.Generator, train: "TrainConfig",
+                    image_size: int, standardised: bool) -> dict[str, np.ndarray]:
+    """The training augmentation of one example (Sec. 4.2), as `train` configures it.
+
+    Frames arrive as the stored uint8 square (F, s, s, 3) and leave as float32 (F, S, S, 3) in [-1, 1]:
+    scale-jittered random crop, flip, colour jitter. The spectrogram gets SpecAugment; its masks hold the
+    mean, which is 0 for a `standardised` spectrogram and the example's own mean otherwise.
+    """
+    out = dict(example)
+    if train.frame_augment and "rgb" in out:
+        frames = random_flip(random_crop(out["rgb"], image_size, rng, train.crop_scale), rng, train.flip)
+        frames = frames.astype(np.float32) / 255.0
+        out["rgb"] = color_jitter(frames, rng, train.color_jitter, train.color_drop) * 2.0 - 1.0
+    if train.spec_augment and "spec" in out:
+        spec = out["spec"]
+        out["spec"] = spec_augment(spec, rng, time_masks=train.spec_time_masks, max_time=train.spec_max_time,
+                                   freq_masks=train.spec_freq_masks, max_freq=train.spec_max_freq,
+                                   value=0.0 if standardised else float(np.mean(spec)))
     return out

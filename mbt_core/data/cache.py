@@ -1,4 +1,4 @@
-"""Token cache: each split tokenised once into compact shards, keyed by the preprocessing config.
+"""Token cache: each split tokenised once into shards on disk, keyed by the preprocessing config; read from disk.
 
 Decoding video every epoch is the bottleneck on Colab-class hosts. A cache directory is named by a hash
 of everything that shapes the tokens (geometry, views, preprocessing), so a changed config never reads a
@@ -7,7 +7,9 @@ stale cache. Frames are stored as uint8 (the precision of the decoded video), lo
 Frames are stored with the training margin of Sec. 4.2: the short side resized to s = round(S * 256/224)
 and the central s x s square kept, so that training draws the official scale-jittered random crop from
 it (`CachedSplit.train_example`) and evaluation takes the central S x S crop (`CachedSplit.example`),
-which is exactly the crop `tokenise` takes. (Official training crops from the full width; a square keeps
+which is exactly the crop `tokenise` takes. A training split stores several views, the candidate windows
+that `TrainIterator` draws from (docs/architecture.md, "Training windows"). Log-mel is stored raw and
+standardised as it is read when the split has statistics. (Official training crops from the full width; a square keeps
 every clip the same shape, so wide videos lose their sides in training.)
 
 Shards are written atomically and record the clips they hold (ids, spans, and each file's size and
@@ -32,19 +34,20 @@ from tqdm.auto import tqdm
 
 from mbt_core.atomic_files import replaced, write_text
 from mbt_core.config import MBTConfig
+from mbt_core.data.disk_rows import DiskRows, save_rows
 from mbt_core.data.tokenise import Preprocess, views
 from mbt_core.data.worker_pool import CrashSafePool
 from mbt_core.datasets.records import ClipRecord, check_on_error
 from mbt_core.media import video
+from mbt_core.media.audio import normalise
 from mbt_core.media.images import to_uint8
 
 SHARD = 128  # clips per shard
-FORMAT = 2  # 2: frames with the training margin, eval-crop offsets, clip ids, bad clips
+FORMAT = 3  # 2: frames with the training margin, eval-crop offsets, clip ids, bad clips; 3: one view is centred,
+# frames and log-mel in .npy files beside each shard, read from disk
+ROWS = ("frames", "spec")  # the per-clip arrays, stored as .npy beside each shard's header and read from disk
 REPORT_FIRST = 5  # bad clips listed in the printed report
 MIN_POOL_CLIPS = 32  # fewer clips to tokenise run here: starting a worker (imports) costs seconds
-# Preprocess fields read only when Preprocess.train is set; the cache stores evaluation views.
-TRAIN_ONLY = ("train", "synchronous", "crop_scale", "flip", "color_jitter", "color_drop", "spec_time_masks",
-              "spec_max_time", "spec_freq_masks", "spec_max_freq")
 _BAD_CLIP = (ValueError, OSError)  # VideoDecodeError (a ValueError), a missing file, a start outside the clip
 
 
@@ -60,8 +63,8 @@ def stored_size(config: MBTConfig, preprocess: Preprocess) -> int:
 def cache_key(config: MBTConfig, preprocess: Preprocess, num_views: int) -> str:
     """A short hash of everything that determines the cached tokens."""
     geometry = {k: getattr(config, k) for k in ("rgb_frames", "image_size", "spec_seconds", "mel_bins")}
-    tokens = {k: v for k, v in dataclasses.asdict(preprocess).items() if k not in TRAIN_ONLY}
-    payload = json.dumps({"geometry": geometry, "views": num_views, "preprocess": tokens, "format": FORMAT},
+    payload = json.dumps({"geometry": geometry, "views": num_views, "preprocess": dataclasses.asdict(preprocess),
+                          "format": FORMAT},
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
@@ -121,7 +124,13 @@ def _worker_died(args: tuple[ClipRecord, MBTConfig, Preprocess, int]) -> dict[st
 
 
 def _shard_path(directory: Path, n: int) -> Path:
+    """A shard's header: clip ids, flags, bad clips and source hash (its frames and log-mel lie beside it)."""
     return directory / f"shard_{n:05d}.npz"
+
+
+def _rows_path(directory: Path, n: int, field: str) -> Path:
+    """A shard's frames or log-mel: an uncompressed .npy that `DiskRows` reads from disk clip by clip."""
+    return directory / f"shard_{n:05d}.{field}.npy"
 
 
 def _shard_header(path: Path) -> tuple[str, list[tuple[int, str]]] | None:
@@ -155,7 +164,11 @@ def _write_shard(directory: Path, n: int, shard: range, records: Sequence[ClipRe
              "padded": np.zeros(0, bool), "audio_missing": np.zeros(0, bool), "offset": np.zeros((0, 2), np.int16)}
     arrays = {k: np.stack([r[k] for _, r in good]) if good else v for k, v in empty.items()}
     bad = [(i, r["error"]) for i, r in zip(shard, results) if "error" in r]
-    with replaced(_shard_path(directory, n)) as tmp:  # a full disk leaves no partial shard
+    # The header goes last and names the source: arrays without a matching header are never read.
+    _shard_path(directory, n).unlink(missing_ok=True)
+    for field in ROWS:
+        save_rows(_rows_path(directory, n, field), arrays.pop(field))
+    with replaced(_shard_path(directory, n)) as tmp:  # a full disk leaves no partial shard header
         np.savez(tmp, index=np.asarray([i for i, _ in good], np.int64),
                  clip_ids=np.asarray([records[i].clip_id for i, _ in good], dtype=str),
                  skipped_index=np.asarray([i for i, _ in bad], np.int64),
@@ -174,9 +187,6 @@ def build_cache(records: Sequence[ClipRecord], config: MBTConfig, root: str | Pa
     check_on_error(on_error)
     if not records:
         raise ValueError(f"build_cache {name!r}: no clips to tokenise")
-    if preprocess.train:
-        raise ValueError("build_cache stores evaluation views: Preprocess.train must be False "
-                         "(TrainIterator applies the training crop and augmentation)")
     key = cache_key(config, preprocess, num_views)
     directory = Path(root) / f"{name}-{key}"
     directory.mkdir(parents=True, exist_ok=True)
@@ -196,6 +206,8 @@ def build_cache(records: Sequence[ClipRecord], config: MBTConfig, root: str | Pa
     def done(n: int) -> bool:
         header = _shard_header(_shard_path(directory, n))
         if header is None or header[0] != _sources([records[i] for i in shards[n]]):
+            return False
+        if not all(_rows_path(directory, n, field).exists() for field in ROWS):
             return False
         return on_error == "skip" or not header[1]
 
@@ -220,8 +232,8 @@ def build_cache(records: Sequence[ClipRecord], config: MBTConfig, root: str | Pa
         if pool:
             pool.shutdown()
         bar.close()
-    for stale in directory.glob("shard_*.npz"):  # left by a longer clip list
-        if int(stale.stem.split("_")[1]) >= len(shards):
+    for stale in directory.glob("shard_*.np[zy]"):  # left by a longer clip list
+        if int(stale.name.split(".")[0].split("_")[1]) >= len(shards):
             stale.unlink()
     skipped = [{"index": i, "clip_id": records[i].clip_id, "path": records[i].path, "reason": reason}
                for n in range(len(shards)) for i, reason in _shard_header(_shard_path(directory, n))[1]]
@@ -233,7 +245,10 @@ def build_cache(records: Sequence[ClipRecord], config: MBTConfig, root: str | Pa
 
 @dataclasses.dataclass
 class CachedSplit:
-    """A tokenised split in memory: frames (N, V, F, s, s, 3) uint8 with s >= S, spec (N, V, T, mel) float32.
+    """A tokenised split: frames (N, V, F, s, s, 3) uint8 with s >= S, spec (N, V, T, mel) float32.
+
+    Loaded from a cache, frames and spec are `DiskRows`, read from disk clip by clip; built by hand
+    (tests), in-memory arrays.
 
     `index` gives each clip's position in the records the cache was built from (clips skipped as bad
     are absent), `clip_ids` their ids; `offset` (N, 2) the top/left of the evaluation crop in the stored
@@ -249,6 +264,8 @@ class CachedSplit:
     index: np.ndarray | None = None
     clip_ids: np.ndarray | None = None
     skipped: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    spec_mean: float | None = None  # dataset statistics: log-mel is standardised as it is read; None: raw
+    spec_std: float | None = None
 
     def __post_init__(self):
         n, side = len(self.frames), self.frames.shape[3]
@@ -275,9 +292,10 @@ class CachedSplit:
         parts = []
         for n in range(meta["shards"]):
             with np.load(_shard_path(directory, n)) as z:
-                parts.append({k: z[k] for k in ("frames", "spec", "padded", "audio_missing", "offset", "index",
-                                                "clip_ids")})
+                parts.append({k: z[k] for k in ("padded", "audio_missing", "offset", "index", "clip_ids")})
         got = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+        for field in ROWS:  # read from disk as clips are asked for: memory does not grow with the split
+            got[field] = DiskRows([_rows_path(directory, n, field) for n in range(meta["shards"])])
         present = meta["clips"] - len(meta["skipped"])
         if len(got.get("index", ())) != present:
             raise ValueError(f"token cache {directory}: {len(got.get('index', ()))} clips in shards, meta says "
@@ -287,12 +305,31 @@ class CachedSplit:
     def __len__(self) -> int:
         return len(self.frames)
 
-    def example(self, index: int, view: int = 0) -> dict[str, np.ndarray]:
-        """One view of one clip as evaluation inputs (central S crop): rgb float32 in [-1, 1], spec float32."""
+    @property
+    def num_views(self) -> int:
+        """Views (windows) stored per clip."""
+        return self.frames.shape[1]
+
+    @property
+    def standardised(self) -> bool:
+        """Whether log-mel is read standardised (mean 0, std 1 over the statistics' split)."""
+        return self.spec_mean is not None
+
+    def spectrogram(self, index: int, view: int = 0) -> np.ndarray:
+        """One view's log-mel (T, mel) float32, standardised when the split has statistics."""
+        spec = np.asarray(self.spec[index, view], np.float32)
+        return spec if self.spec_mean is None else normalise(spec, self.spec_mean, self.spec_std)
+
+    def example(self, index: int, view: int = 0, spec_view: int | None = None) -> dict[str, np.ndarray]:
+        """One view of one clip as evaluation inputs (central S crop): rgb float32 in [-1, 1], spec float32.
+
+        `spec_view` takes the spectrogram of another window (asynchronous sampling); default: the same.
+        """
         top, left = self.offset[index]
         crop = self.frames[index, view, :, top:top + self.image_size, left:left + self.image_size]
-        return {"rgb": video.to_signed_unit(crop), "spec": self.spec[index, view]}
+        return {"rgb": video.to_signed_unit(crop), "spec": self.spectrogram(index, view if spec_view is None else spec_view)}
 
-    def train_example(self, index: int, view: int = 0) -> dict[str, np.ndarray]:
+    def train_example(self, index: int, view: int = 0, spec_view: int | None = None) -> dict[str, np.ndarray]:
         """One view of one clip before the training crop: rgb uint8 (F, s, s, 3) as stored, spec float32."""
-        return {"rgb": self.frames[index, view], "spec": self.spec[index, view]}
+        return {"rgb": np.asarray(self.frames[index, view]),
+                "spec": self.spectrogram(index, view if spec_view is None else spec_view)}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import grain
 import jax
@@ -16,15 +16,14 @@ import numpy as np
 from absl import flags
 
 from mbt_core.config import MBTConfig
-from mbt_core.data.augment import color_jitter, random_crop, random_flip, spec_augment
+from mbt_core.data.augment import augment_example
 from mbt_core.data.cache import CachedSplit, build_cache, limit_threads
-from mbt_core.data.tokenise import Preprocess
 from mbt_core.datasets import locate, read_card, read_manifest
 from mbt_core.datasets.cards import write_card_fields
 from mbt_core.datasets.manifest import MANIFEST_PATTERN
 from mbt_core.datasets.records import ClipRecord
 from mbt_core.media.audio import spectrogram_stats
-from mbt_core.recipes import DataConfig, RunConfig, TrainConfig
+from mbt_core.recipes import DataConfig, RunConfig
 
 
 # Batches prepared ahead per process. grain's defaults (16 threads, 500 elements) would hold 500 *batches*:
@@ -105,13 +104,12 @@ def tokenised_split(dataset: Dataset, split: str, config: MBTConfig, num_views: 
     if split not in dataset.splits:
         raise ValueError(f"{dataset.root}: no split {split!r}; splits: {sorted(dataset.splits)}")
     records = dataset.splits[split]
-    preprocess = Preprocess()
-    if normalise:
-        mean, std = card_statistics(dataset)
-        preprocess = Preprocess(spec_mean=mean, spec_std=std)
+    stats = card_statistics(dataset) if normalise else (None, None)  # before any work: a missing one says how
+    # The cache holds raw log-mel (so `--stats` and training share one build); statistics apply as it is read.
     directory = build_cache(records, config, dataset.root / ".token_cache", split, num_views=num_views,
-                            preprocess=preprocess, progress=progress, on_error=on_error)
+                            progress=progress, on_error=on_error)
     cached = CachedSplit.load(directory)
+    cached.spec_mean, cached.spec_std = stats
     if not len(cached):
         raise ValueError(f"split {split!r} of {dataset.root}: all {len(records)} clips were skipped as unreadable "
                          f"(listed in {directory / 'meta.json'})")
@@ -122,49 +120,45 @@ def tokenised_split(dataset: Dataset, split: str, config: MBTConfig, num_views: 
 
 def record_statistics(dataset: Dataset, split: CachedSplit, split_name: str) -> dict[str, Any]:
     """Compute log-mel mean/std over a tokenised (unnormalised) split and write them into the data card."""
-    mean, std = spectrogram_stats(split.spec.reshape(len(split), -1))
+    if split.standardised:
+        raise ValueError("record_statistics needs the raw log-mel: a split tokenised with normalise=False")
+    mean, std = spectrogram_stats(split.spectrogram(i, v) for i in range(len(split)) for v in range(split.num_views))
     stats = {"mean": round(mean, 6), "std": round(std, 6), "split": split_name, "clips": len(split)}
     write_card_fields(dataset.card["path"], spectrogram=stats)
     dataset.card["spectrogram"] = stats
     return stats
 
 
-def _augment(train: TrainConfig, image_size: int) -> Callable[[dict, np.random.Generator], dict]:
-    """Training augmentation of one example (Sec. 4.2); frames arrive as the stored uint8 square."""
-    def apply(example: dict, rng: np.random.Generator) -> dict:
-        example = dict(example)
-        if train.frame_augment and "rgb" in example:
-            frames = random_flip(random_crop(example["rgb"], image_size, rng), rng)
-            example["rgb"] = color_jitter(frames.astype(np.float32) / 255.0, rng) * 2.0 - 1.0
-        if train.spec_augment and "spec" in example:
-            example["spec"] = spec_augment(example["spec"], rng)
-        return example
-    return apply
-
-
 class TrainIterator:
-    """Infinite shuffled batches of one split, with a checkpointable state."""
+    """Infinite shuffled batches of one split, with a checkpointable state.
+
+    Each example is one of the split's cached windows, drawn at random per (seed, position in the
+    stream), so per (seed, step, example): both modalities from the same window, or (with
+    `data.synchronous=False`) each from its own; then `augment.augment_example`.
+    """
 
     def __init__(self, split: CachedSplit, labels: np.ndarray, run: RunConfig):
-        train, config, workers = run.train, run.model, run.data.workers
+        train, config, workers, synchronous = run.train, run.model, run.data.workers, run.data.synchronous
         if train.batch_size % jax.process_count():
             raise ValueError(f"train.batch_size {train.batch_size} is not divisible by {jax.process_count()} hosts")
         if len(labels) != len(split):
             raise ValueError(f"{len(labels)} labels for a split of {len(split)} clips "
                              f"(after skipped clips, use dataset.labels(name, split.index))")
         ids = np.asarray(split.clip_ids if split.clip_ids is not None else [str(i) for i in range(len(split))])
-        modalities = config.modalities
+        modalities, windows = config.modalities, split.num_views
         # Training crops the stored square (scale jitter, Sec. 4.2); without frame augmentation, the centre.
         read = split.train_example if train.frame_augment else split.example
 
-        def load(index: int) -> dict:
-            example = {k: v for k, v in read(index).items() if k in modalities}
-            return {**example, "labels": labels[index], "index": np.int64(index)}
+        def load(index: int, rng: np.random.Generator) -> dict:
+            view = int(rng.integers(windows))
+            spec_view = view if synchronous else int(rng.integers(windows))
+            example = {k: v for k, v in read(index, view, spec_view).items() if k in modalities}
+            example = augment_example(example, rng, train, config.image_size, split.standardised)
+            return {**example, "labels": labels[index], "index": np.int64(index), "window": np.int64(view),
+                    "spec_window": np.int64(spec_view)}
 
         ds = grain.MapDataset.range(len(split))[jax.process_index()::jax.process_count()]
-        ds = ds.seed(train.seed).shuffle().repeat().map(load)
-        if train.frame_augment or train.spec_augment:
-            ds = ds.random_map(_augment(train, config.image_size))
+        ds = ds.seed(train.seed).shuffle().repeat().random_map(load)
         ds = ds.batch(train.batch_size // jax.process_count(), drop_remainder=True)
         ds = ds.map(lambda b: {**{k: v for k, v in b.items() if k != "index"}, "clip_id": ids[b["index"]]})
         iter_ds = ds.to_iter_dataset(READ)

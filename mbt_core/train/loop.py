@@ -220,6 +220,7 @@ def train_and_evaluate(run: RunConfig, workdir: str | Path, data: TrainData, *, 
                 raise TrainingInterrupted(stop.signum, step, out)
             batch = dict(next(data.batches))
             clip_ids = list(batch.pop("clip_id"))
+            batch.pop("window", None), batch.pop("spec_window", None)  # which cached windows: for tests
             if cfg.mixup_alpha > 0:
                 batch = mixup(batch, np.random.default_rng([cfg.seed, step]), cfg.mixup_alpha,
                               modality_mixup=cfg.modality_mixup, modalities=list(run.model.modalities))
