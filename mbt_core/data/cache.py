@@ -166,14 +166,20 @@ def _write_shard(directory: Path, n: int, shard: range, records: Sequence[ClipRe
     bad = [(i, r["error"]) for i, r in zip(shard, results) if "error" in r]
     # The header goes last and names the source: arrays without a matching header are never read.
     _shard_path(directory, n).unlink(missing_ok=True)
-    for field in ROWS:
-        save_rows(_rows_path(directory, n, field), arrays.pop(field))
-    with replaced(_shard_path(directory, n)) as tmp:  # a full disk leaves no partial shard header
-        np.savez(tmp, index=np.asarray([i for i, _ in good], np.int64),
-                 clip_ids=np.asarray([records[i].clip_id for i, _ in good], dtype=str),
-                 skipped_index=np.asarray([i for i, _ in bad], np.int64),
-                 skipped_reason=np.asarray([reason for _, reason in bad], dtype=str),
-                 source=np.asarray(source), **arrays)
+    rows = {field: _rows_path(directory, n, field) for field in ROWS}
+    try:
+        for field, path in rows.items():
+            save_rows(path, arrays.pop(field))
+        with replaced(_shard_path(directory, n)) as tmp:
+            np.savez(tmp, index=np.asarray([i for i, _ in good], np.int64),
+                     clip_ids=np.asarray([records[i].clip_id for i, _ in good], dtype=str),
+                     skipped_index=np.asarray([i for i, _ in bad], np.int64),
+                     skipped_reason=np.asarray([reason for _, reason in bad], dtype=str),
+                     source=np.asarray(source), **arrays)
+    except BaseException:  # a full disk or an interrupt: no rows are left without their header
+        for path in rows.values():
+            path.unlink(missing_ok=True)
+        raise
 
 
 def build_cache(records: Sequence[ClipRecord], config: MBTConfig, root: str | Path, name: str, *,

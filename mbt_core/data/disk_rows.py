@@ -10,10 +10,11 @@ worker process), it carries only the file names and opens them again there.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from mbt_core.atomic_files import replaced
 
 
 def _header(path: str) -> tuple[tuple[int, ...], np.dtype, int]:
@@ -105,8 +106,5 @@ class DiskRows:
 
 def save_rows(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write `array` as a C-ordered .npy file atomically (a temporary file, then a rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with replaced(path) as tmp, open(tmp, "wb") as f:
         np.save(f, np.ascontiguousarray(array))
-    os.replace(tmp, path)
