@@ -88,18 +88,22 @@ def rate(fn, items, warmup: int = 1) -> tuple[float, float]:
 
 def epoch_peak_rss(directory: str, windows: int) -> tuple[float, float]:
     """(peak RSS in MB after loading the split, after one epoch of training batches), in this fresh process."""
-    import resource
-
     config = MBTConfig.preset("paper-b16")
     split = CachedSplit.load(directory)
-    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    loaded = peak_rss_mb()
     train = TrainConfig(batch_size=4, seed=0)
     it = TrainIterator(split, np.zeros((len(split), 1), np.float32),
                        RunConfig(config, train, DataConfig(train_windows=windows)))
     for _ in range(len(split) // train.batch_size):
         next(it)
     it.close()
-    return loaded, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return loaded, peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: since its exec, unlike ru_maxrss, which keeps the parent's)."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM"))
+    return int(line.split()[1]) / 1024
 
 
 def memory_rows(tmp: Path, records: list, config: MBTConfig, windows: int) -> list[tuple[int, float, float, float]]:
