@@ -102,7 +102,7 @@ def _official_cross_attention_block(block_params, own, other, cfg):
     """The official formulation: the block runs over [other, own] and keeps its own rows."""
     from mbt_core.model.model import EncoderBlock
     blk = EncoderBlock(cfg.num_heads, cfg.mlp_dim)
-    y, _ = blk.apply({"params": block_params}, jnp.concatenate([other, own], axis=1), deterministic=True)
+    y, _ = blk.apply({"params": block_params}, jnp.concatenate([other, own], axis=1), None, True, False)
     return y[:, other.shape[1]:]
 
 
@@ -112,9 +112,9 @@ def test_cross_attention_equals_official_joint_sequence_block():
     key = jax.random.PRNGKey(3)
     own, other = jax.random.normal(key, (2, 5, 32)), jax.random.normal(jax.random.PRNGKey(4), (2, 7, 32))
     blk = EncoderBlock(cfg.num_heads, cfg.mlp_dim)
-    params = init_block = blk.init(key, own, deterministic=True)["params"]
+    params = init_block = blk.init(key, own, None, True, False)["params"]
     params = jax.tree_util.tree_map(lambda v: v + 0.1 * jax.random.normal(key, v.shape), init_block)
-    ours, _ = blk.apply({"params": params}, own, jnp.concatenate([own, other], axis=1), deterministic=True)
+    ours, _ = blk.apply({"params": params}, own, jnp.concatenate([own, other], axis=1), True, False)
     np.testing.assert_allclose(ours, _official_cross_attention_block(params, own, other, cfg), atol=1e-5)
 
 
