@@ -5,7 +5,9 @@ One full step of `mbt_core.train.loop` (forward, backward, clipping, optimiser u
 calls alternate the two; the ratio is the median over pairs. FLOPs are 3x the forward count (one
 multiply-add = one FLOP), MFU is against the measured matmul rate. Memory: XLA's buffer assignment of the
 compiled step (arguments + outputs - donated aliases + temporaries; an estimate of the backend's peak,
-computed without running), the device's `memory_stats` peak where the backend has them, else the process RSS.
+computed without running; on CPU it did not move with remat, see RESULTS.md), jax's saved residuals (what the
+backward pass keeps, backend-independent), the device's `memory_stats` peak where the backend has them, else
+the process RSS.
 Usage: python benchmarks/train_bench.py [--presets tiny paper-b16] [--pairs 3] [--estimate-batch 64]
 """
 from __future__ import annotations
@@ -16,11 +18,12 @@ import statistics
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mbt_core.config import MBTConfig
 from mbt_core.model.flops import gflops
-from mbt_core.model.model import dummy_inputs
+from mbt_core.model.model import MBT, dummy_inputs
 from mbt_core.recipes import RunConfig, load_run_config
 from mbt_core.train.loop import init_state, make_train_step
 from mbt_core.train.optim import make_optimizer
@@ -52,6 +55,21 @@ def compiled_peak_gb(run: RunConfig, batch: int, donate: bool) -> float:
     step = jax.jit(make_train_step(run, tx, "multi_label"), donate_argnums=0 if donate else ())
     m = step.lower(state, arrays).compile().memory_analysis()
     return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes) / GB
+
+
+def residuals_gb(run: RunConfig, batch: int) -> float:
+    """Bytes the backward pass keeps from the forward (jax's saved residuals, abstract: nothing allocated)."""
+    model = MBT(run.model, dtype=jnp.dtype(run.train.compute_dtype))
+    x = {m: jax.ShapeDtypeStruct((batch, *v.shape[1:]), v.dtype) for m, v in dummy_inputs(run.model, 1).items()}
+    params = jax.eval_shape(lambda: init_state(run, 10)[0].params)
+
+    def loss(p, x):
+        logits, _ = model.apply({"params": p}, x, train=True, rngs={"dropout": jax.random.PRNGKey(0)})
+        return jnp.mean(logits.astype(jnp.float32) ** 2)
+
+    # The vjp function's leaves are exactly what the forward pass saved for the backward pass.
+    saved = jax.eval_shape(lambda p, x: jax.vjp(lambda q: loss(q, x), p)[1], params, x)
+    return sum(np.prod(a.shape) * a.dtype.itemsize for a in jax.tree_util.tree_leaves(saved)) / GB
 
 
 def measured_peak_gb() -> str:
@@ -105,14 +123,17 @@ def main() -> None:
                 print(f"| {preset} | {fusion} | {dtype} | {batch} | {t_old:.3f} | {t_new:.3f} | {ratio:.2f}x | "
                       f"{flops / t_new:.1f} | {flops / t_new / peak:.0%} |", flush=True)
     print(f"\n{measured_peak_gb()} (all rows above, one process)\n")
-    print("| preset | batch | dtype | remat | donated | XLA peak estimate GB |")
-    print("|---|---|---|---|---|---|")
+    print("| preset | batch | dtype | remat | saved residuals GB | state GB (params, optimiser, step) |"
+          " XLA CPU peak estimate GB (donated) |")
+    print("|---|---|---|---|---|---|---|")
     for preset, batch in [(p, 32 if p == "tiny" else 2) for p in args.presets] + [("paper-b16", args.estimate_batch)]:
         for dtype in ("float32", "bfloat16"):
             for remat in (False, True):
                 run = run_config(preset, "bottleneck", batch, dtype, remat=remat)
-                print(f"| {preset} | {batch} | {dtype} | {remat} | yes | {compiled_peak_gb(run, batch, True):.2f} |",
-                      flush=True)
+                state = jax.eval_shape(lambda: init_state(run, 10)[0])
+                state_gb = sum(np.prod(a.shape) * a.dtype.itemsize for a in jax.tree_util.tree_leaves(state)) / GB
+                print(f"| {preset} | {batch} | {dtype} | {remat} | {residuals_gb(run, batch):.2f} | {state_gb:.2f} | "
+                      f"{compiled_peak_gb(run, batch, True):.2f} |", flush=True)
 
 
 if __name__ == "__main__":
