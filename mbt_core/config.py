@@ -12,6 +12,8 @@ from typing import Any, Mapping
 FUSIONS = ("bottleneck", "cross_attention", "self_attention")
 UPDATES = ("mean", "asymmetric")
 CLASSIFIERS = ("token", "gap")
+# How attention runs when its weights are not asked for (`mbt_core/model/attention.py`).
+ATTENTION_IMPLS = ("auto", "explicit", "xla", "cudnn", "per_head")
 LABEL_TYPES = ("multi_label", "single_label", "multi_head")  # a data card's `label_type`; the loss follows it
 
 
@@ -46,6 +48,10 @@ class MBTConfig:
     attention_dropout: float = 0.0
     stochastic_depth: float = 0.0  # Linear over depth: layer l drops with l/(L-1) * p.
     stochastic_depth_rescale: bool = False  # The official code does not rescale by 1/(1-p).
+    # Execution only (the parameters and the function are the same): attention implementation, and
+    # per-layer rematerialisation (recompute each block's activations in the backward pass).
+    attention_impl: str = "auto"
+    remat: bool = False
     # Video-like geometry (`rgb`, and any other non-spectrogram modality).
     rgb_frames: int = 8
     image_size: int = 224
@@ -172,6 +178,8 @@ class MBTConfig:
             bad("fusion", f"{self.fusion!r} is not one of {FUSIONS}")
         if self.bottleneck_update not in UPDATES:
             bad("bottleneck_update", f"{self.bottleneck_update!r} is not one of {UPDATES}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            bad("attention_impl", f"{self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
         if self.classifier not in CLASSIFIERS:
             bad("classifier", f"{self.classifier!r} is not one of {CLASSIFIERS}")
         if not 0 <= self.fusion_layer <= self.num_layers:

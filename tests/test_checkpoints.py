@@ -16,11 +16,13 @@ def fixture(name):
     return path, data, {"rgb": data["input/rgb"], "spec": data["input/spectrogram"]}
 
 
+@pytest.mark.parametrize("impl", ["explicit", "per_head", "xla"])
 @pytest.mark.parametrize("name, fusion", [("bottleneck_token_fl2", "bottleneck"),
                                           ("vanilla_xattn_token_fl2", "cross_attention")])
-def test_official_fixture_reproduced(name, fusion):
+def test_official_fixture_reproduced(name, fusion, impl):
     path, data, x = fixture(name)
     config, params = load_scenic(path, fusion_layer=2)
+    config = config.replace(attention_impl=impl)
     assert config.fusion == fusion and config.num_layers == 4 and config.hidden_size == 32
     assert config.rgb_tubelet == 2 and config.spec_channels == 3 and config.total_classes == 5
     if fusion == "bottleneck":

@@ -102,7 +102,7 @@ def _official_cross_attention_block(block_params, own, other, cfg):
     """The official formulation: the block runs over [other, own] and keeps its own rows."""
     from mbt_core.model.model import EncoderBlock
     blk = EncoderBlock(cfg.num_heads, cfg.mlp_dim)
-    y, _ = blk.apply({"params": block_params}, jnp.concatenate([other, own], axis=1), deterministic=True)
+    y, _ = blk.apply({"params": block_params}, jnp.concatenate([other, own], axis=1), None, True, False)
     return y[:, other.shape[1]:]
 
 
@@ -112,9 +112,9 @@ def test_cross_attention_equals_official_joint_sequence_block():
     key = jax.random.PRNGKey(3)
     own, other = jax.random.normal(key, (2, 5, 32)), jax.random.normal(jax.random.PRNGKey(4), (2, 7, 32))
     blk = EncoderBlock(cfg.num_heads, cfg.mlp_dim)
-    params = init_block = blk.init(key, own, deterministic=True)["params"]
+    params = init_block = blk.init(key, own, None, True, False)["params"]
     params = jax.tree_util.tree_map(lambda v: v + 0.1 * jax.random.normal(key, v.shape), init_block)
-    ours, _ = blk.apply({"params": params}, own, jnp.concatenate([own, other], axis=1), deterministic=True)
+    ours, _ = blk.apply({"params": params}, own, jnp.concatenate([own, other], axis=1), True, False)
     np.testing.assert_allclose(ours, _official_cross_attention_block(params, own, other, cfg), atol=1e-5)
 
 
@@ -288,3 +288,64 @@ def test_a_third_modality_joins_every_fusion(fusion):
     logits, aux = MBT(cfg).apply({"params": params}, x, train=False)
     assert set(aux["per_modality"]) == {"spec", "rgb", "flow"}
     np.testing.assert_allclose(logits, sum(aux["per_modality"].values()) / 3, atol=1e-6)
+
+
+def _loss_and_grads(cfg, params, x, **kw):
+    model = MBT(cfg, **kw)
+
+    def loss(p):
+        logits, aux = model.apply({"params": p}, x, train=True, rngs={"dropout": jax.random.PRNGKey(7)})
+        return jnp.mean(logits ** 2) + sum(jnp.mean(v ** 2) for v in aux["per_modality"].values())
+
+    return jax.value_and_grad(loss)(params)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("impl", ["per_head", "xla"])
+def test_fast_attention_equals_explicit_weights_path(fusion, impl):
+    # The explicit softmax(QKᵀ)V (the path checked against the official model) is the reference.
+    cfg = micro(fusion=fusion, stochastic_depth=0.3, attention_impl="explicit")
+    params, x = init(cfg), random_inputs(cfg)
+    fast = cfg.replace(attention_impl=impl)
+    want, _ = MBT(cfg).apply({"params": params}, x, train=False)
+    got, aux = MBT(fast).apply({"params": params}, x, train=False)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert "attention" not in aux
+    _, captured = MBT(fast).apply({"params": params}, x, train=False, capture_attention=True)
+    assert all(w.ndim == 4 for ws in captured["attention"].values() for w in ws)  # weights still on request
+    (loss_want, g_want), (loss_got, g_got) = _loss_and_grads(cfg, params, x), _loss_and_grads(fast, params, x)
+    np.testing.assert_allclose(loss_got, loss_want, rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(g_got), jax.tree_util.tree_leaves(g_want)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_bfloat16_computes_in_bfloat16_within_its_precision():
+    cfg = micro(fusion="bottleneck")
+    params, x = init(cfg), random_inputs(cfg)
+    want, _ = MBT(cfg).apply({"params": params}, x, train=False)
+    (got, aux), state = MBT(cfg, dtype=jnp.bfloat16).apply({"params": params}, x, train=False,
+                                                          capture_attention=True, mutable=["intermediates"])
+    tokens = jax.tree_util.tree_leaves(state["intermediates"])
+    assert len(tokens) == cfg.num_layers * len(cfg.modalities)
+    assert all(t.dtype == jnp.bfloat16 for t in tokens)
+    assert all(w.dtype == jnp.bfloat16 for ws in aux["attention"].values() for w in ws)
+    assert got.dtype == jnp.bfloat16
+    got = np.asarray(got, np.float32)
+    # Rounded, not promoted back to float32 ...
+    assert np.max(np.abs(got - want)) > 1e-6
+    # ... and within bfloat16's precision: 8 significant bits (relative step 2^-8 = 0.4%) per operation;
+    # through two layers that is a few percent of the logits' scale.
+    np.testing.assert_allclose(got, want, atol=0.05 * float(np.max(np.abs(want))))
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_remat_gives_the_same_loss_and_gradients(fusion):
+    cfg = micro(fusion=fusion, stochastic_depth=0.3, dropout=0.1)
+    params, x = init(cfg), random_inputs(cfg)
+    remat = cfg.replace(remat=True)
+    assert jax.tree_util.tree_structure(MBT(remat).init(jax.random.PRNGKey(0), x, train=False)["params"]) == \
+        jax.tree_util.tree_structure(params)
+    (loss_want, g_want), (loss_got, g_got) = _loss_and_grads(cfg, params, x), _loss_and_grads(remat, params, x)
+    np.testing.assert_allclose(loss_got, loss_want, rtol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(g_got), jax.tree_util.tree_leaves(g_want)):
+        np.testing.assert_allclose(a, b, atol=1e-6)

@@ -343,3 +343,20 @@ def test_bfloat16_compute_keeps_float32_master_parameters():
     assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(new.params))
     # bfloat16 keeps about 3 significant digits: the loss agrees with float32 to that precision.
     assert float(metrics["loss"]) == pytest.approx(float(full_metrics["loss"]), rel=2e-2)
+
+
+def test_donated_step_frees_its_input_and_returns_it_unchanged_on_a_non_finite_loss():
+    run = micro_run()
+    split, labels, _ = mock_split(run.model)
+    state, tx = init_state(run, 4)
+    kept = jax.tree_util.tree_map(np.array, state)  # host copies: the device buffers are donated below
+    step = jax.jit(make_train_step(run, tx, "multi_label"), donate_argnums=0)
+    batch = {"rgb": np.stack([split.example(i)["rgb"] for i in range(4)]), "spec": split.spec[:4, 0],
+             "labels": labels[:4]}
+    bad, metrics = step(state, {**batch, "spec": np.full_like(batch["spec"], np.nan)})
+    assert not np.isfinite(float(metrics["loss"]))
+    assert all(x.is_deleted() for x in jax.tree_util.tree_leaves(state))  # held once, not twice
+    for a, b in zip(jax.tree_util.tree_leaves(bad), jax.tree_util.tree_leaves(kept)):
+        np.testing.assert_array_equal(a, b)  # the guard's last good state, bit for bit
+    good, metrics = step(bad, batch)
+    assert np.isfinite(float(metrics["loss"])) and int(good.step) == 1

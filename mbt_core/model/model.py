@@ -9,6 +9,9 @@ where `sfx` is "" for `rgb` and `_spectrogram` for `spec`.
 `aux["per_modality"][m]` holds modality m's own logits; `aux["attention"]` (only with
 `capture_attention=True`) holds `{stream: [per layer (batch, heads, q, k)]}`. Per-layer tokens are
 sown into the `intermediates` collection (`mutable=["intermediates"]` to read them).
+
+`MBT(config, dtype=jnp.bfloat16)` computes activations and matmuls in bfloat16 from float32 parameters
+(cast where used); LayerNorm statistics and the attention softmax stay float32.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mbt_core.config import MBTConfig, is_spectrogram
+from mbt_core.model.attention import fused_attention
 
 Array = Any
 LN_EPS = 1e-6  # Flax's default; every LayerNorm of the official model uses it.
@@ -57,25 +61,36 @@ def layer_drop_rate(config: MBTConfig, layer: int) -> float:
 
 
 class Attention(nn.Module):
-    """Multi-head dot-product attention (Flax layout) that returns its attention weights too."""
+    """Multi-head dot-product attention (Flax layout); returns its weights on the explicit path, else None.
+
+    The explicit path (softmax(QKᵀ)V materialised) runs when the weights are wanted, when attention
+    dropout applies (jax.nn.dot_product_attention has none) or with `impl="explicit"`.
+    """
 
     num_heads: int
     dropout: float = 0.0
+    impl: str = "auto"
+    dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x_q: Array, x_kv: Array, deterministic: bool) -> tuple[Array, Array]:
+    def __call__(self, x_q: Array, x_kv: Array, deterministic: bool, weights_wanted: bool) -> tuple[Array, Array]:
         dim = x_q.shape[-1]
         head_dim = dim // self.num_heads
         proj = lambda name: nn.DenseGeneral((self.num_heads, head_dim), kernel_init=nn.initializers.xavier_uniform(),
-                                            name=name)
-        q = proj("query")(x_q) / math.sqrt(head_dim)
-        k, v = proj("key")(x_kv), proj("value")(x_kv)
-        weights = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k), axis=-1)
-        attended = weights
-        if self.dropout > 0 and not deterministic:
-            attended = nn.Dropout(self.dropout)(weights, deterministic=False)
-        out = jnp.einsum("bhqk,bkhd->bqhd", attended, v)
-        out = nn.DenseGeneral(dim, axis=(-2, -1), kernel_init=nn.initializers.xavier_uniform(), name="out")(out)
+                                            dtype=self.dtype, name=name)
+        dropping = self.dropout > 0 and not deterministic
+        if not (weights_wanted or dropping or self.impl == "explicit"):
+            out = fused_attention(proj("query")(x_q), proj("key")(x_kv), proj("value")(x_kv), self.impl)
+            weights = None
+        else:
+            q = proj("query")(x_q) / jnp.asarray(math.sqrt(head_dim), self.dtype)
+            k, v = proj("key")(x_kv), proj("value")(x_kv)
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+            weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+            attended = nn.Dropout(self.dropout)(weights, deterministic=False) if dropping else weights
+            out = jnp.einsum("bhqk,bkhd->bqhd", attended, v)
+        out = nn.DenseGeneral(dim, axis=(-2, -1), kernel_init=nn.initializers.xavier_uniform(), dtype=self.dtype,
+                              name="out")(out)
         return out, weights
 
 
@@ -84,11 +99,12 @@ class MlpBlock(nn.Module):
 
     mlp_dim: int
     dropout: float = 0.0
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool) -> Array:
         dense = lambda n, name: nn.Dense(n, kernel_init=nn.initializers.xavier_uniform(),
-                                         bias_init=nn.initializers.normal(1e-6), name=name)
+                                         bias_init=nn.initializers.normal(1e-6), dtype=self.dtype, name=name)
         y = nn.gelu(dense(self.mlp_dim, "Dense_0")(x), approximate=True)
         y = nn.Dropout(self.dropout)(y, deterministic=deterministic)
         y = dense(x.shape[-1], "Dense_1")(y)
@@ -104,27 +120,31 @@ class EncoderBlock(nn.Module):
     attention_dropout: float = 0.0
     drop_rate: float = 0.0
     rescale: bool = False
+    attention_impl: str = "auto"
+    dtype: Any = jnp.float32
 
     def _drop_path(self, y: Array, deterministic: bool) -> Array:
         # Stochastic depth as the official code: one Bernoulli keep per example and branch.
         if deterministic or self.drop_rate == 0.0:
             return y
         keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.drop_rate, (y.shape[0],) + (1,) * (y.ndim - 1))
-        y = y * keep
+        y = y * keep.astype(y.dtype)
         return y / (1.0 - self.drop_rate) if self.rescale else y
 
     @nn.compact
-    def __call__(self, x: Array, kv: Array | None = None, *, deterministic: bool) -> tuple[Array, Array]:
-        norm = nn.LayerNorm(epsilon=LN_EPS, name="LayerNorm_0")
+    def __call__(self, x: Array, kv: Array | None, deterministic: bool,
+                 weights_wanted: bool) -> tuple[Array, Array | None]:
+        # Positional flags only: nn.remat marks them static by position (`static_argnums`).
+        norm = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="LayerNorm_0")
         y = norm(x)
         # The official cross-attention normalises the joint sequence with this block's own LayerNorm.
         y_kv = y if kv is None else norm(kv)
-        y, weights = Attention(self.num_heads, self.attention_dropout, name="MultiHeadDotProductAttention_0")(
-            y, y_kv, deterministic)
+        y, weights = Attention(self.num_heads, self.attention_dropout, self.attention_impl, self.dtype,
+                               name="MultiHeadDotProductAttention_0")(y, y_kv, deterministic, weights_wanted)
         y = nn.Dropout(self.dropout)(y, deterministic=deterministic)
         x = x + self._drop_path(y, deterministic)
-        y = nn.LayerNorm(epsilon=LN_EPS, name="LayerNorm_1")(x)
-        y = MlpBlock(self.mlp_dim, self.dropout, name="MlpBlock_0")(y, deterministic)
+        y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="LayerNorm_1")(x)
+        y = MlpBlock(self.mlp_dim, self.dropout, self.dtype, name="MlpBlock_0")(y, deterministic)
         return x + self._drop_path(y, deterministic), weights
 
 
@@ -151,6 +171,7 @@ class Transformer(nn.Module):
 
     config: MBTConfig
     fusion_stop_gradient: bool = False
+    dtype: Any = jnp.float32
 
     def _posemb(self, m: str, x: Array, grid: tuple[int, ...]) -> Array:
         cfg = self.config
@@ -158,13 +179,15 @@ class Transformer(nn.Module):
         posemb = PositionEmbedding((cfg.num_tokens(m), cfg.hidden_size), name=f"posembed_input{param_suffix(m)}")()
         if posemb.shape[1] != x.shape[1]:
             posemb = resize_posemb(posemb, cfg.grid(m), grid, has_cls)
-        return x + posemb
+        return x + posemb.astype(self.dtype)
 
     def _block(self, layer: int, modality: str | None) -> EncoderBlock:
         cfg = self.config
         name = f"encoderblock_{layer}" + ("" if modality is None else param_suffix(modality))
-        return EncoderBlock(cfg.num_heads, cfg.mlp_dim, cfg.dropout, cfg.attention_dropout,
-                            layer_drop_rate(cfg, layer), cfg.stochastic_depth_rescale, name=name)
+        # Remat keeps each block's input and recomputes its inside in the backward pass (same parameters).
+        block = nn.remat(EncoderBlock, static_argnums=(3, 4)) if cfg.remat else EncoderBlock
+        return block(cfg.num_heads, cfg.mlp_dim, cfg.dropout, cfg.attention_dropout, layer_drop_rate(cfg, layer),
+                     cfg.stochastic_depth_rescale, cfg.attention_impl, self.dtype, name=name)
 
     @nn.compact
     def __call__(self, tokens: Mapping[str, Array], grids: Mapping[str, tuple[int, ...]], fsn: Array | None,
@@ -180,6 +203,7 @@ class Transformer(nn.Module):
         shared = cfg.fusion == "self_attention"
         attn: dict[str, list] = {}
         keep = (lambda s, w: attn.setdefault(s, []).append(w)) if capture_attention else (lambda s, w: None)
+        run = lambda block, x, kv=None: block(x, kv, det, capture_attention)
         hold = jax.lax.stop_gradient if self.fusion_stop_gradient else (lambda a: a)
         for layer in range(cfg.num_layers):
             if shared:  # One block serves every modality (the official `share_encoder`).
@@ -188,22 +212,22 @@ class Transformer(nn.Module):
                 blocks = {m: self._block(layer, m) for m in mods}
             if layer < fusion_layer:
                 for m in mods:
-                    x[m], w = blocks[m](x[m], deterministic=det)
+                    x[m], w = run(blocks[m], x[m])
                     keep(m, w)
             elif cfg.fusion == "self_attention":  # Sec. 3.2.1: one joint sequence, shared weights.
-                joint, w = blocks[mods[0]](jnp.concatenate([x[m] for m in mods], axis=1), deterministic=det)
+                joint, w = run(blocks[mods[0]], jnp.concatenate([x[m] for m in mods], axis=1))
                 keep("joint", w)
                 x = dict(zip(mods, jnp.split(joint, np.cumsum([x[m].shape[1] for m in mods])[:-1], axis=1)))
             elif cfg.fusion == "cross_attention":  # Eq. 5-6: own queries and MLP, keys/values from all.
                 kv = jnp.concatenate([x[m] for m in mods], axis=1)
                 for m in mods:
-                    x[m], w = blocks[m](x[m], kv, deterministic=det)
+                    x[m], w = run(blocks[m], x[m], kv)
                     keep(m, w)
             else:  # Eq. 7-9: modalities exchange information only through the fusion tokens.
                 written = []
                 for m in mods:
                     n = x[m].shape[1]
-                    y, w = blocks[m](jnp.concatenate([x[m], hold(fsn)], axis=1), deterministic=det)
+                    y, w = run(blocks[m], jnp.concatenate([x[m], hold(fsn)], axis=1))
                     keep(m, w)
                     x[m], out = y[:, :n], y[:, n:]
                     if cfg.bottleneck_update == "asymmetric":
@@ -213,7 +237,7 @@ class Transformer(nn.Module):
                     fsn = jnp.mean(jnp.stack(written), axis=0)  # Eq. 9.
             for m in mods:
                 self.sow("intermediates", f"layer_{layer}/{m}", x[m])
-        norm = nn.LayerNorm(epsilon=LN_EPS, name="encoder_norm")
+        norm = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="encoder_norm")
         return {m: norm(x[m]) for m in mods}, attn
 
 
@@ -222,10 +246,11 @@ class MBT(nn.Module):
 
     config: MBTConfig
     fusion_stop_gradient: bool = False  # Analysis: hold fusion tokens fixed between layers.
+    dtype: Any = jnp.float32  # Compute dtype (`train.compute_dtype`); parameters stay float32.
 
     def _embed(self, m: str, x: Array) -> tuple[Array, tuple[int, ...]]:
         cfg = self.config
-        x = jnp.asarray(x, jnp.float32)
+        x = jnp.asarray(x, self.dtype)
         if is_spectrogram(m):
             if x.ndim == 3:
                 x = x[..., None]
@@ -240,7 +265,8 @@ class MBT(nn.Module):
         for size, p in zip(x.shape[1:-1], patch):
             if size % p:
                 raise ValueError(f"input {m!r}: shape {tuple(x.shape[1:-1])} is not divisible by patch {patch}")
-        y = nn.Conv(cfg.hidden_size, patch, strides=patch, padding="VALID", name=f"embedding{param_suffix(m)}")(x)
+        y = nn.Conv(cfg.hidden_size, patch, strides=patch, padding="VALID", dtype=self.dtype,
+                    name=f"embedding{param_suffix(m)}")(x)
         grid = tuple(y.shape[1:-1])
         return y.reshape((y.shape[0], -1, cfg.hidden_size)), grid
 
@@ -257,16 +283,17 @@ class MBT(nn.Module):
             tokens[m], grids[m] = self._embed(m, inputs[m])
             if cfg.classifier == "token":
                 cls = self.param(cls_name(m, cfg), nn.initializers.zeros, (1, 1, cfg.hidden_size))
+                cls = cls.astype(self.dtype)
                 tokens[m] = jnp.concatenate([jnp.broadcast_to(cls, (tokens[m].shape[0], 1, cfg.hidden_size)),
                                              tokens[m]], axis=1)
         fsn = None
         if cfg.has_fusion_tokens:
             param = self.param("bottleneck", nn.initializers.normal(0.02), (1, cfg.fsn_tokens, cfg.hidden_size))
             batch = tokens[mods[0]].shape[0]
-            fsn = jnp.broadcast_to(param, (batch, *param.shape[1:]))
-        encoded, attention = Transformer(cfg, self.fusion_stop_gradient, name="Transformer")(
+            fsn = jnp.broadcast_to(param.astype(self.dtype), (batch, *param.shape[1:]))
+        encoded, attention = Transformer(cfg, self.fusion_stop_gradient, self.dtype, name="Transformer")(
             tokens, grids, fsn, train=train, capture_attention=capture_attention)
-        head = nn.Dense(cfg.total_classes, kernel_init=nn.initializers.zeros, name="output_projection")
+        head = nn.Dense(cfg.total_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype, name="output_projection")
         if cfg.classifier == "token":
             per_modality = {m: head(encoded[m][:, 0]) for m in mods}
             logits = jnp.mean(jnp.stack([per_modality[m] for m in mods]), axis=0)

@@ -99,15 +99,17 @@ def init_state(run: RunConfig, steps_per_epoch: int, params: Any = None) -> tupl
 
 
 def make_train_step(run: RunConfig, tx: Any, label_type: str) -> Callable:
-    """A pure (state, batch) -> (state, metrics) step: loss, gradients, clipped optimiser update."""
-    model = MBT(run.model)
+    """A pure (state, batch) -> (state, metrics) step: loss, gradients, clipped optimiser update.
+
+    A non-finite loss leaves the state as it was (the guard's last good state), so the caller may donate it.
+    """
     dtype = jnp.dtype(run.train.compute_dtype)
+    model = MBT(run.model, dtype=dtype)  # float32 master parameters, activations in `dtype`
     per_modality = run.train.loss == "per_modality" and run.model.classifier == "token"
 
     def loss_fn(params, batch, rng):
         inputs = {m: batch[m].astype(dtype) for m in run.model.modalities if m in batch}
-        cast = jax.tree_util.tree_map(lambda p: p.astype(dtype), params)
-        logits, aux = model.apply({"params": cast}, inputs, train=True, rngs={"dropout": rng})
+        logits, aux = model.apply({"params": params}, inputs, train=True, rngs={"dropout": rng})
         logits, aux = jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), (logits, aux))
         return mbt_loss(logits, aux, batch, label_type, per_modality=per_modality,
                         smoothing=run.train.label_smoothing)
@@ -118,7 +120,9 @@ def make_train_step(run: RunConfig, tx: Any, label_type: str) -> Callable:
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}  # what clipping bounds
-        return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
+        new = state.replace(params=params, opt_state=opt_state, step=state.step + 1)
+        finite = jnp.isfinite(loss)
+        return jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, state), metrics
 
     return step
 
@@ -207,8 +211,8 @@ def train_and_evaluate(run: RunConfig, workdir: str | Path, data: TrainData, *, 
     mesh = data_mesh()
     replicated = NamedSharding(mesh, PartitionSpec())
     state = jax.device_put(state, replicated)
-    # The state is not donated: on a non-finite loss the guard below checkpoints the step's input state.
-    step_fn = jax.jit(make_train_step(run, tx, data.label_type))
+    # Donated (held once): on a non-finite loss the step returns its input state, which the guard checkpoints.
+    step_fn = jax.jit(make_train_step(run, tx, data.label_type), donate_argnums=0)
     validate = data.validate if cfg.eval_every else None
     start = int(state.step)
     bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not progress, unit="step")
@@ -225,14 +229,13 @@ def train_and_evaluate(run: RunConfig, workdir: str | Path, data: TrainData, *, 
                 batch = mixup(batch, np.random.default_rng([cfg.seed, step]), cfg.mixup_alpha,
                               modality_mixup=cfg.modality_mixup, modalities=list(run.model.modalities))
                 batch = {k: v for k, v in batch.items() if not k.startswith("mixup_")}  # weights, partner
-            new_state, metrics = step_fn(state, shard_batch(batch, mesh))
+            state, metrics = step_fn(state, shard_batch(batch, mesh))
             loss = float(metrics["loss"])
             if not math.isfinite(loss):
                 save(manager, state, data.batches.get_state())
                 raise NonFiniteLossError(f"non-finite loss {loss} at step {step}; clips in the batch: "
                                          f"{', '.join(map(str, clip_ids))}; "
                                          f"the last good state (step {int(state.step)}) is checkpointed in {out}")
-            state = new_state
             done = step + 1
             record = {"step": done, "loss": loss, "grad_norm": float(metrics["grad_norm"])}
             if validate is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
