@@ -4,7 +4,7 @@
 (`per_head` on CPU). Each pair of calls alternates the two (after one warm-up each); the table gives the
 best time of each and the median of the per-pair ratios today/new. GFLOP/s use the project's convention
 (one multiply-add = one FLOP) for the model and the matmul alike; fwd+bwd counts 3x the forward.
-Usage: python benchmarks/model_bench.py [--presets tiny paper-b16] [--fusions bottleneck] [--pairs 3]
+Usage: python benchmarks/model_bench.py [--presets tiny paper-b16] [--fusions bottleneck] [--pairs 3] [--peak-tflops 989]
 """
 from __future__ import annotations
 
@@ -50,11 +50,23 @@ def matmul_rate(n: int = 2048, repeats: int = 3) -> float:
     return n ** 3 / timed(mm, a, repeats=repeats) / 1e9
 
 
+def mfu_peak(peak_tflops: float | None) -> float:
+    """The multiply-add GFLOP/s that MFU is against: a stated device peak (vendor TFLOP/s count a multiply-add
+    as 2 FLOPs, so it is halved), else the measured float32 matmul rate."""
+    return peak_tflops * 1e3 / 2 if peak_tflops else matmul_rate()
+
+
+def add_peak_argument(parser: argparse.ArgumentParser) -> None:
+    """`--peak-tflops`: the device's dense bf16 peak for MFU on an accelerator (H100/H200 SXM: 989)."""
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="MFU against this dense peak (vendor TFLOP/s) instead of the measured matmul rate")
+
+
 def machine_line(peak: float) -> str:
     """The machine, its devices, jax's version and the measured matmul rate, for a results table."""
     device = jax.devices()[0]
     return (f"machine: {platform.node()} {device.platform} {device.device_kind}, {jax.device_count()} device(s); "
-            f"jax {jax.__version__}; 2048^2 float32 matmul: {peak:.1f} GFLOP/s (multiply-add = 1)")
+            f"jax {jax.__version__}; MFU against {peak:.1f} GFLOP/s (multiply-add = 1)")
 
 
 def functions(config: MBTConfig, dtype, batch: int):
@@ -73,8 +85,9 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     parser.add_argument("--batch", type=int, default=None, help="default: 32 for tiny, 1 for paper-b16")
     parser.add_argument("--pairs", type=int, default=3)
+    add_peak_argument(parser)
     args = parser.parse_args()
-    peak = matmul_rate()
+    peak = mfu_peak(args.peak_tflops)
     print(machine_line(peak))
     print("| preset | fusion | dtype | batch | pass | today s | new s | today/new (median of pairs) | new GFLOP/s |"
           " new MFU |")

@@ -3,12 +3,12 @@
 One full step of `mbt_core.train.loop` (forward, backward, clipping, optimiser update) on random inputs.
 "today": explicit attention, state not donated; "new": `attention_impl="auto"`, state donated. Pairs of
 calls alternate the two; the ratio is the median over pairs. FLOPs are 3x the forward count (one
-multiply-add = one FLOP), MFU is against the measured matmul rate. Memory: XLA's buffer assignment of the
+multiply-add = one FLOP), MFU is against the measured matmul rate or `--peak-tflops`. Memory: XLA's buffer assignment of the
 compiled step (arguments + outputs - donated aliases + temporaries; an estimate of the backend's peak,
 computed without running; on CPU it did not move with remat, see RESULTS.md), jax's saved residuals (what the
 backward pass keeps, backend-independent), the device's `memory_stats` peak where the backend has them, else
 the process RSS.
-Usage: python benchmarks/train_bench.py [--presets tiny paper-b16] [--pairs 3] [--estimate-batch 64]
+Usage: python benchmarks/train_bench.py [--presets tiny paper-b16] [--pairs 3] [--estimate-batch 64] [--peak-tflops 989]
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from mbt_core.model.model import MBT, dummy_inputs
 from mbt_core.recipes import RunConfig, load_run_config
 from mbt_core.train.loop import init_state, make_train_step
 from mbt_core.train.optim import make_optimizer
-from model_bench import DTYPES, machine_line, matmul_rate
+from model_bench import DTYPES, add_peak_argument, machine_line, mfu_peak
 
 GB = 1e9
 
@@ -107,8 +107,9 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--estimate-batch", type=int, default=64, help="paper-b16 batch of the memory estimate")
+    add_peak_argument(parser)
     args = parser.parse_args()
-    peak = matmul_rate()
+    peak = mfu_peak(args.peak_tflops)
     print(machine_line(peak))
     print("| preset | fusion | dtype | batch | today s/step | new s/step | today/new (median of pairs) | new GFLOP/s |"
           " new MFU |")
