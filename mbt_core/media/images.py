@@ -41,3 +41,14 @@ def encode_png(image: np.ndarray) -> bytes:
     if not ok:
         raise ValueError(f"cv2 could not encode an image of shape {image.shape} as PNG")
     return data.tobytes()
+
+
+def tile(images: np.ndarray, per_row: int = 8, gap: int = 4) -> np.ndarray:
+    """(N, H, W, 3) uint8 images in rows of `per_row`, white between them."""
+    n, h, w, _ = np.shape(images)
+    rows = -(-n // per_row)
+    canvas = np.full((rows * (h + gap) - gap, min(n, per_row) * (w + gap) - gap, 3), 255, np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, per_row)
+        canvas[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = image
+    return canvas
