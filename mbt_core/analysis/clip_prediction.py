@@ -43,6 +43,13 @@ class ClipPrediction:
         order = np.argsort(-scores, kind="stable")[:self.top_k]
         return [(int(i), self.classes[head][i], float(scores[i])) for i in order]
 
+    def to_dict(self) -> dict[str, Any]:
+        """The top-k tables and notes as plain JSON-able data."""
+        return {"top": {r: {h: [{"index": i, "class": n, "score": s} for i, n, s in self.top(r, h)]
+                            for h in self.scores[r]} for r in self.scores},
+                "label_types": self.label_types, "modalities": list(self.modalities), "missing": list(self.missing),
+                "windows": [list(w) for w in self.windows], "notes": self.notes}
+
 
 def readout_name(readout: str) -> str:
     """What a readout is, in words."""
