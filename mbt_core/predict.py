@@ -67,7 +67,7 @@ def load_checkpoint(checkpoint: str | os.PathLike, overrides: Mapping[str, Any] 
             raise ValueError(f"checkpoint {path}: a directory without {CONFIG}, so not an mbt run directory")
         run, params = load_params(path, which)
         config = run.model.replace(**overrides) if overrides else run.model
-        card_file = Path(run.data.dir) / run.data.card if run.data.dir else None
+        card_file = (Path(run.data.dir) / run.data.card).resolve() if run.data.dir else None
         card = read_card(card_file) if card_file and card_file.is_file() else None
         preprocess = Preprocess()
         if run.data.normalise_spec:
