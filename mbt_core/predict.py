@@ -20,7 +20,7 @@ from mbt_core.analysis.clip_prediction import ClipPrediction, format_prediction,
 from mbt_core.analysis.overlay import clip_attention, rollout_on_grids
 from mbt_core.analysis.prediction_report import report_html, write_report
 from mbt_core.config import MBTConfig
-from mbt_core.data.tokenise import Preprocess, tokenise, views
+from mbt_core.data.tokenise import Preprocess, View, tokenise, views
 from mbt_core.datasets.cards import read_card
 from mbt_core.datasets.class_names import (SINGLE_HEAD, ClassList, head_sizes, matching_card, names_from_card,
                                            names_from_files)
@@ -51,7 +51,7 @@ class Outcome:
     text: str
     report: Path | None
     attention: dict[str, list]  # aux["attention"] of the centred window
-    view: Any  # the centred window (tokenise.View)
+    view: View  # the centred window
 
 
 def load_checkpoint(checkpoint: str | os.PathLike, overrides: Mapping[str, Any] | None = None,
@@ -126,7 +126,8 @@ def predict(checkpoint: str | os.PathLike | Checkpoint, video: str | os.PathLike
                  "model": model_summary(config),
                  "test views": ", ".join(f"[{a:.2f}, {b:.2f}) s" for a, b in prediction.windows),
                  "attention window": f"[{centred.start:.2f}, {centred.end:.2f}) s (centred)"}
-        page = report_html(prediction, centred, rollout, fusion_share(attention, config), config.fusion_layer, facts)
+        page = report_html(prediction, centred, rollout, fusion_share(attention, config), config.fused_layers.start,
+                           facts)
         report = write_report(Path(out) / REPORT, page)
     return Outcome(prediction, format_prediction(prediction), report, attention, centred)
 
