@@ -229,3 +229,10 @@ def test_attention_rows_sum_to_one_and_respect_the_fusion_graph(files):
             assert share["rgb"][1] == pytest.approx(attention["rgb"][1][0].mean(0)[0, n:].sum())
             with pytest.raises(ValueError, match="layer 1 has no query fusion token 1"):
                 attention_row(attention, config, 0, ("fusion", 0))
+
+
+def test_a_clip_shorter_than_the_window_is_noted(files, tmp_path):
+    short = media.write_video(tmp_path / "short.mp4", media.index_frames(3, 24, 32), audio=media.tone(440, 0.12, 16000))
+    model = load_checkpoint(files["npz"], {"fusion_layer": 1})
+    assert any("padded" in note for note in predict(model, short, top_k=2).prediction.notes)
+    assert not any("padded" in note for note in predict(model, files["clip"], top_k=2).prediction.notes)

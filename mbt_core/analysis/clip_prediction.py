@@ -88,6 +88,9 @@ def predict_views(config: MBTConfig, params: Any, views: Sequence[View], classes
         per_head = value if isinstance(value, dict) else {next(iter(classes)): value}
         scores[readout] = {h: scores_of(np.asarray(v).mean(axis=0), label_types[h]) for h, v in per_head.items()}
     notes = list(notes)
+    if any(v.padded for v in views):
+        notes.append(f"{views[0].path}: part of the test windows ({config.spec_seconds:g} s each) lies outside the clip "
+                     f"or its streams: padded (silent audio, frames held)")
     if missing:
         notes.append(f"{views[0].path}: no audio track; predicted from the frames alone (the model ran on the RGB "
                      f"input only): there is no audio readout, and the fused prediction is the visual one")
