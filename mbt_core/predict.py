@@ -11,6 +11,7 @@ checkpoint's own geometry into the paper's test views (Sec. 4.2: 4 views for off
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -19,6 +20,7 @@ from mbt_core.analysis.attention_maps import fusion_share
 from mbt_core.analysis.clip_prediction import ClipPrediction, format_prediction, predict_views
 from mbt_core.analysis.overlay import clip_attention, rollout_on_grids
 from mbt_core.analysis.prediction_report import report_html, write_report
+from mbt_core.atomic_files import write_text
 from mbt_core.config import MBTConfig
 from mbt_core.data.tokenise import Preprocess, View, tokenise, views
 from mbt_core.datasets.cards import read_card
@@ -28,7 +30,7 @@ from mbt_core.model.checkpoints import load_scenic
 from mbt_core.recipes import TrainConfig
 from mbt_core.run_dir import CONFIG
 
-REPORT = "report.html"
+REPORT, PREDICTION = "report.html", "prediction.json"  # what `out` receives
 
 
 @dataclasses.dataclass
@@ -105,7 +107,8 @@ def class_lists(checkpoint: Checkpoint, labels: Sequence[str | os.PathLike] = ()
 def predict(checkpoint: str | os.PathLike | Checkpoint, video: str | os.PathLike, top_k: int = 5,
             out: str | os.PathLike | None = None, labels: Sequence[str | os.PathLike] = (),
             overrides: Mapping[str, Any] | None = None, num_views: int | None = None) -> Outcome:
-    """Predict one clip: named top-k per readout, and with `out` the self-contained `out/report.html`."""
+    """Predict one clip: named top-k per readout; with `out`, the self-contained `out/report.html` and the top-k
+    tables as `out/prediction.json`."""
     model = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, overrides)
     if not Path(video).is_file():
         raise FileNotFoundError(f"video {video}: " + ("not a file" if Path(video).exists() else "does not exist"))
@@ -129,6 +132,7 @@ def predict(checkpoint: str | os.PathLike | Checkpoint, video: str | os.PathLike
         page = report_html(prediction, centred, rollout, fusion_share(attention, config), config.fused_layers.start,
                            facts)
         report = write_report(Path(out) / REPORT, page)
+        write_text(Path(out) / PREDICTION, json.dumps(prediction.to_dict(), indent=2))
     return Outcome(prediction, format_prediction(prediction), report, attention, centred)
 
 

@@ -2,6 +2,7 @@
 and each modality, a clip without audio is read from its frames, and the report is one self-contained page."""
 import csv
 import html
+import json
 import re
 from html.parser import HTMLParser
 
@@ -167,6 +168,8 @@ def test_report_is_self_contained_and_escapes_names(files, tmp_path, capsys):
     main(["predict", str(files["msgpack"]), str(clip), "--out", str(tmp_path / "out"), "--labels", str(labels),
           "--top-k", "2", "model.fusion_layer=1"])
     assert f"report: {tmp_path / 'out' / 'report.html'}" in capsys.readouterr().out
+    tables = json.loads((tmp_path / "out" / "prediction.json").read_text())["top"]
+    assert set(tables) == {"fused", "spec", "rgb"} and all(row["class"].startswith(HOSTILE) for row in tables["rgb"]["class"])
     text = (tmp_path / "out" / "report.html").read_text()
     page = _Page()
     page.feed(text)

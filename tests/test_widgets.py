@@ -372,3 +372,19 @@ def test_attention_view_picks_layer_head_and_query():
     assert image.shape[1] == 8 * 96 + 7 * 4 and image.shape[0] > 2 * 96
     shares = [float(x) for x in re.findall(r"([0-9.]+)%", caption)]
     assert sum(shares) == pytest.approx(100, abs=0.3)
+
+
+def test_attention_picture_leaves_unreached_patches_plain():
+    """In a bottleneck layer the RGB CLS gives the spectrogram nothing: its picture is the plain spectrogram."""
+    from mbt_core.analysis.overlay import spectrogram_overlay
+    from widgets.attention_view import attention_picture
+
+    cfg = TINY.replace(num_layers=2, fusion_layer=1)
+    params = MBT(cfg).init(jax.random.PRNGKey(0), dummy_inputs(cfg, 1), train=False)["params"]
+    example = {m: np.asarray(jax.random.uniform(jax.random.PRNGKey(3), x.shape[1:], minval=-1, maxval=1))
+               for m, x in dummy_inputs(cfg, 1).items()}
+    attention = clip_attention(cfg, params, example)
+    image, caption = attention_picture(example, attention, cfg, 1, ("cls", "rgb"))
+    assert "spec patches 0.0%" in caption
+    plain = spectrogram_overlay(example["spec"], np.zeros(cfg.grid("spec")), (96 * 8 // 4, 96 * 8), alpha=0.0)
+    np.testing.assert_array_equal(image[-plain.shape[0]:, :plain.shape[1]], plain)

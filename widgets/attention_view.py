@@ -3,8 +3,9 @@ the spectrogram (the layer/head/token selection of bertviz, for video and audio)
 
 A query is a modality's CLS token or a fusion token (only in fused bottleneck layers; it is updated in every
 modality's stream, so its map holds each stream's row over that stream's own patches). The maps are the raw
-attention of one layer (`analysis.attention_maps.attention_row`), one colour scale per picture; every frame
-shows the weight of its own tubelet's patches (`overlay.frame_maps`). `attention_picture` is the logic (tested
+attention of one layer (`analysis.attention_maps.attention_row`), one colour scale per picture; patches the
+query gives no weight at all are shown plain. Every frame shows the weight of its own tubelet's patches
+(`overlay.frame_maps`). `attention_picture` is the logic (tested
 without a kernel); the widget only wires dropdowns to it.
 """
 from __future__ import annotations
@@ -31,6 +32,11 @@ def _stacked(images: list[np.ndarray], gap: int = 6) -> np.ndarray:
     return np.concatenate(padded)[:-gap]
 
 
+def _alpha(grid_map: np.ndarray) -> float:
+    """Blend weight of a map: none where the query gives these patches no weight (the picture stays plain)."""
+    return 0.5 if float(np.sum(grid_map)) > 0 else 0.0
+
+
 def attention_picture(example: Mapping[str, np.ndarray], attention: Mapping[str, list], config: MBTConfig,
                       layer: int, query: tuple[str, Any], head: str | int = "mean",
                       frame_width: int = FRAME_WIDTH) -> tuple[np.ndarray, str]:
@@ -41,13 +47,13 @@ def attention_picture(example: Mapping[str, np.ndarray], attention: Mapping[str,
     if "rgb" in row["maps"] and "rgb" in example:
         frames = np.asarray(example["rgb"])
         size = (round(frame_width * frames.shape[1] / frames.shape[2]), frame_width)
-        pictures.append(tile(frames_overlay(frames, row["maps"]["rgb"], config.patch_shape("rgb")[0], size),
-                             FRAMES_PER_ROW))
+        pictures.append(tile(frames_overlay(frames, row["maps"]["rgb"], config.patch_shape("rgb")[0], size,
+                                            _alpha(row["maps"]["rgb"])), FRAMES_PER_ROW))
     if "spec" in row["maps"] and "spec" in example:
         width = frame_width * min(FRAMES_PER_ROW, config.rgb_frames)
         spec = np.asarray(example["spec"])
         height = max(round(spec.shape[1] * width / spec.shape[0]), width // 4)
-        pictures.append(spectrogram_overlay(spec, row["maps"]["spec"], (height, width)))
+        pictures.append(spectrogram_overlay(spec, row["maps"]["spec"], (height, width), _alpha(row["maps"]["spec"])))
     parts = [f"{m} patches {100 * row['maps'][m].sum():.1f}%" for m in row["maps"]]
     if config.classifier == "token":
         parts += [f"{m} CLS {100 * row['cls'][m]:.1f}%" for m in row["cls"]]
