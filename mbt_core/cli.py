@@ -32,7 +32,7 @@ def parse_overrides(pairs: list[str]) -> dict:
         if "=" not in pair:
             raise ValueError(f"override {pair!r}: expected key=value")
         if OVERRIDE.match(pair) and not pair.startswith("model."):
-            raise ValueError(f"override {pair!r}: `mbt flops` takes model fields only (field=value)")
+            raise ValueError(f"override {pair!r}: this command takes model fields only (field=value or model.field=value)")
         _, key, value = parse_override(pair if pair.startswith("model.") else f"model.{pair}")
         out[key] = value
     return out
@@ -138,6 +138,20 @@ def cmd_suite(args: argparse.Namespace) -> None:
     print(f"open {index}")
 
 
+def cmd_predict(args: argparse.Namespace) -> None:
+    from mbt_core.predict import load_checkpoint, predict
+
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.views is not None and args.views < 1:
+        raise ValueError(f"--views must be >= 1, got {args.views}")
+    checkpoint = load_checkpoint(args.checkpoint, parse_overrides(args.overrides), args.which)
+    outcome = predict(checkpoint, args.video, args.top_k, args.out, args.labels or (), num_views=args.views)
+    print(outcome.text)
+    if outcome.report is not None:
+        print(f"report: {outcome.report} (open it in a browser; it needs no server)")
+
+
 def cmd_notebooks(args: argparse.Namespace) -> None:
     from mbt_core.suite import write_notebooks
 
@@ -218,7 +232,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a tiny data set and a few steps per run (smoke test)")
     p.set_defaults(func=cmd_suite)
 
-    p = add_parser("notebooks", help="write the five notebooks (clean, no outputs) into DIR to open in JupyterLab")
+    p = add_parser("predict", help="top-k classes of one video (fused, audio-only, visual-only readouts) from an "
+                   "official checkpoint or a run directory; --out writes an HTML report")
+    p.add_argument("checkpoint", help="official Scenic MBT checkpoint (msgpack or .npz) or an mbt run directory")
+    p.add_argument("video", help="a video file (mp4, mkv, ...); a clip without audio is read from its frames")
+    p.add_argument("--top-k", type=int, default=5, help="classes to print per readout")
+    p.add_argument("--out", help="folder for report.html (self-contained: tables, rollout overlays, patch grid)")
+    p.add_argument("--labels", action="append", help="class list: AudioSet class_labels_indices.csv, VGGSound "
+                   "stat.csv, EPIC_100_{verb,noun}_classes.csv (once per head) or one name a line")
+    p.add_argument("--views", type=int, default=None, help="test views (default: 4, or the run's train.eval_views)")
+    p.add_argument("--which", default="latest", choices=["latest", "best"], help="a run directory's checkpoint")
+    p.add_argument("overrides", nargs="*", help="model fields an official checkpoint's shapes cannot tell, e.g. "
+                   "model.fusion_layer=8")
+    p.set_defaults(func=cmd_predict)
+
+    p = add_parser("notebooks", help="write the six notebooks (clean, no outputs) into DIR to open in JupyterLab")
     p.add_argument("--out", required=True, help="folder to write them into")
     p.add_argument("--force", action="store_true", help="overwrite copies there that were edited")
     p.set_defaults(func=cmd_notebooks)

@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 
 from mbt_core.package_files import shipped_dir
 
-NOTEBOOKS = ("01_tokenisation", "02_training", "03_per_class_ap", "04_attention_rollout", "05_fusion_explorer")
+NOTEBOOKS = ("01_tokenisation", "02_training", "03_per_class_ap", "04_attention_rollout", "05_fusion_explorer",
+             "06_predict")
 NOTEBOOK_DIR = shipped_dir("notebooks")
 
 

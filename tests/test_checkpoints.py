@@ -2,11 +2,9 @@
 
 import numpy as np
 import pytest
-from flax import serialization
-from flax.traverse_util import unflatten_dict
-
 from mbt_core import MBT, MBTConfig
 from mbt_core.model.checkpoints import infer_config, load_scenic
+from official_checkpoint import released_names, write_official
 from shared import shared_path
 
 
@@ -42,12 +40,7 @@ def _flat(data, rename=lambda k: k):
 @pytest.mark.parametrize("route", [("params",), ("optimizer", "target")])
 def test_msgpack_checkpoint_and_spec_suffix(tmp_path, route):
     path, data, x = fixture("bottleneck_token_fl2")
-    flat = _flat(data, lambda k: k.replace("_spectrogram", "_spec").replace("clsspectrogram", "clsspec"))
-    tree = unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
-    for key in reversed(route):
-        tree = {key: tree}
-    ckpt = tmp_path / "checkpoint_100"
-    ckpt.write_bytes(serialization.msgpack_serialize(tree))
+    ckpt = write_official(tmp_path / "checkpoint_100", _flat(data), route, rename=released_names)
     config, params = load_scenic(ckpt, fusion_layer=2)
     logits, _ = MBT(config).apply({"params": params}, x, train=False)
     np.testing.assert_allclose(logits, data["out/eval"], atol=1e-5)

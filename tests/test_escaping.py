@@ -115,3 +115,17 @@ def test_suite_index(tmp_path):
     page = tmp_path / f"{HOSTILE}.html"
     index = suite.write_index(tmp_path, [page], {HOSTILE: f"mAP 0.5 ({HOSTILE} 0.4)"})
     _assert_escaped(index.read_text())
+
+
+def test_attention_view_title():
+    import jax
+
+    from mbt_core import MBT, dummy_inputs
+    from mbt_core.analysis.overlay import clip_attention
+    from widgets.attention_view import AttentionView
+
+    config = MBTConfig.preset("micro")
+    params = MBT(config).init(jax.random.PRNGKey(0), dummy_inputs(config, 1), train=False)["params"]
+    example = {m: np.zeros(x.shape[1:], np.float32) for m, x in dummy_inputs(config, 1).items()}
+    _assert_escaped(_html_values(AttentionView(example, clip_attention(config, params, example), config,
+                                               title=HOSTILE)))

@@ -18,7 +18,7 @@ LAYER_OF = {
     "mbt_core.data": "data",
     "mbt_core.train": "train",
     "mbt_core.analysis": "analysis",
-    "mbt_core.experiment": "runs", "mbt_core.suite": "runs", "mbt_core.cli": "runs",
+    "mbt_core.experiment": "runs", "mbt_core.suite": "runs", "mbt_core.cli": "runs", "mbt_core.predict": "runs",
     "mbt_core": "api",  # the package's __init__: the public names
     "widgets": "widgets",
 }

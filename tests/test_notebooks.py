@@ -20,6 +20,8 @@ EXPECTED = {
     "04_attention_rollout": ["side_by_side_rgb.png", "side_by_side_spec.png", "tightness.json",
                              "mbt_clip0_rgb_summed.png", "mbt_clip0_rgb_frames.mp4"],
     "05_fusion_explorer": ["fusion_explorer.html"],
+    "06_predict": ["report.html", "prediction.json", "clip_rgb_summed.png", "clip_spec.png",
+                   "attention_layer3_rgb_CLS.png", "attention_layer3_fusion_token_1.png"],
 }
 
 
@@ -97,3 +99,43 @@ def test_a_moved_suite_opens_in_the_notebooks_and_widgets(quick_suite, tmp_path)
         assert explorer_html(None, moved / "sweep", tmp_path / "explorer.html").stat().st_size > 0
     finally:
         hidden.rename(root)
+
+
+def test_predict_notebook_with_an_official_checkpoint_and_a_clip_without_audio(tmp_path):
+    """Notebook 06 with its parameters: an official-format checkpoint written here, AudioSet's real class list."""
+    import media
+    import numpy as np
+    from mbt_core import MBTConfig
+    from official_checkpoint import random_params, released_names, write_official
+    from shared import shared_path
+
+    labels = shared_path("real_annotations", "audioset", "class_labels_indices.csv")
+    config = MBTConfig.preset("micro", num_classes=527, spec_channels=3)
+    checkpoint = write_official(tmp_path / "checkpoint_100", random_params(config), rename=released_names)
+    clip = media.write_video(tmp_path / "silent.mp4", media.index_frames(30, 24, 32))
+    out = tmp_path / "out"
+    [page] = execute_notebooks(out, {"checkpoint": str(checkpoint), "video": str(clip), "top_k": 3, "quick": True,
+                                     "labels": [str(labels)], "overrides": {"fusion_layer": 1}},
+                               ["06_predict"], progress=False)
+    result = json.loads((out / "06_predict" / "prediction.json").read_text())
+    assert set(result["top"]) == {"fused", "rgb"} and result["missing"] == ["spec"]
+    assert len(result["top"]["fused"]["class"]) == 3
+    assert "no audio track" in page.read_text() and (out / "06_predict" / "report.html").exists()
+    assert (out / "06_predict" / "attention_layer2_rgb_CLS.png").exists()
+    assert not (out / "06_predict" / "attention_layer2_fusion_token_1.png").exists()  # one modality: no fusion
+
+
+def test_mbt_predict_on_a_run_directory_names_the_card_classes(quick_suite, capsys):
+    from mbt_core.cli import main
+    from mbt_core.datasets import read_card
+    from mbt_core.predict import run_clip
+    from mbt_core.suite import suite_runs
+
+    root, parameters = quick_suite
+    run_dir = suite_runs(parameters["sweep_dir"])["mbt"]
+    main(["predict", str(run_dir), str(run_clip(run_dir)), "--top-k", "2"])
+    text = capsys.readouterr().out
+    classes = read_card(Path(parameters["data_dir"]) / "data_card.md")["classes"]
+    printed = [line.split("  ", 2)[-1] for line in text.splitlines() if line.startswith("  1. ")]
+    assert len(printed) == 3 and all(name in classes for name in printed)
+    assert f"class names: {(Path(parameters['data_dir']) / 'data_card.md').resolve()} (data card)" in text

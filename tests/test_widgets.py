@@ -343,3 +343,48 @@ def test_static_export_steps_over_the_grid(tmp_path):
     assert len(page) > 3_000_000 and "<script src=" not in page  # plotly.js inline: works offline
     fragment = explorer_view(TINY, out).data  # the notebook output: the same page script, no <html> wrapper
     assert "plotly_sliderchange" in fragment and "<html>" not in fragment and len(fragment) > 3_000_000
+
+
+def test_attention_view_picks_layer_head_and_query():
+    from widgets.attention_view import AttentionView, attention_picture
+
+    cfg = TINY.replace(num_layers=3, fusion_layer=1)
+    params = MBT(cfg).init(jax.random.PRNGKey(0), dummy_inputs(cfg, 1), train=False)["params"]
+    params = jax.tree_util.tree_map(lambda p: p + 0.2 * jax.random.normal(jax.random.PRNGKey(1), p.shape), params)
+    example = {m: np.asarray(jax.random.uniform(jax.random.PRNGKey(2), x.shape[1:], minval=-1, maxval=1))
+               for m, x in dummy_inputs(cfg, 1).items()}
+    view = AttentionView(example, clip_attention(cfg, params, example), cfg, title="clip")
+    assert view.layer.value == 2 and view.head.value == "mean"
+    assert list(view.query.options) == ["spec CLS", "rgb CLS"] + [f"fusion token {i}" for i in range(1, 5)]
+    shown = {}
+    for query in ("rgb CLS", "fusion token 2"):
+        for head in ("mean", 0):
+            view.query.value, view.head.value = query, head
+            shown[query, head] = (_decode(view.image.value), view.caption.value)
+    assert len({img.tobytes() for img, _ in shown.values()}) == 4  # every choice draws another map
+    assert "fusion tokens" in shown["rgb CLS", "mean"][1] and "head 1" in shown["rgb CLS", 0][1]
+    view.query.value = "fusion token 2"
+    view.layer.value = 0  # unfused: no fusion tokens, the query falls back to the first CLS
+    assert list(view.query.options) == ["spec CLS", "rgb CLS"] and view.query.value == "spec CLS"
+    assert view.caption.value.startswith("layer 1 (unfused)") and "rgb patches 0.0%" in view.caption.value
+    image, caption = attention_picture(example, view.attention, cfg, 2, ("cls", "rgb"))
+    # Frames in rows of 8 above the spectrogram: 16 frames of 96 px, two rows.
+    assert image.shape[1] == 8 * 96 + 7 * 4 and image.shape[0] > 2 * 96
+    shares = [float(x) for x in re.findall(r"([0-9.]+)%", caption)]
+    assert sum(shares) == pytest.approx(100, abs=0.3)
+
+
+def test_attention_picture_leaves_unreached_patches_plain():
+    """In a bottleneck layer the RGB CLS gives the spectrogram nothing: its picture is the plain spectrogram."""
+    from mbt_core.analysis.overlay import spectrogram_overlay
+    from widgets.attention_view import attention_picture
+
+    cfg = TINY.replace(num_layers=2, fusion_layer=1)
+    params = MBT(cfg).init(jax.random.PRNGKey(0), dummy_inputs(cfg, 1), train=False)["params"]
+    example = {m: np.asarray(jax.random.uniform(jax.random.PRNGKey(3), x.shape[1:], minval=-1, maxval=1))
+               for m, x in dummy_inputs(cfg, 1).items()}
+    attention = clip_attention(cfg, params, example)
+    image, caption = attention_picture(example, attention, cfg, 1, ("cls", "rgb"))
+    assert "spec patches 0.0%" in caption
+    plain = spectrogram_overlay(example["spec"], np.zeros(cfg.grid("spec")), (96 * 8 // 4, 96 * 8), alpha=0.0)
+    np.testing.assert_array_equal(image[-plain.shape[0]:, :plain.shape[1]], plain)

@@ -11,29 +11,17 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
-import cv2
 import ipywidgets as widgets
 import numpy as np
 
-from mbt_core.analysis.overlay import attention_forward, frame_maps, frame_overlay
+from mbt_core.analysis.overlay import clip_attention, frame_maps, frame_overlay
 from mbt_core.analysis.rollout import mbt_rollout, tightness
 from mbt_core.config import MBTConfig
 from mbt_core.data.cache import CachedSplit
-from mbt_core.media.images import enlarge, to_uint8
+from mbt_core.media.images import encode_png, enlarge, to_uint8
 from mbt_core.experiment import load_run_split
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """PNG bytes of an RGB (H, W, 3) or grey (H, W) uint8 image."""
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim not in (2, 3):
-        raise ValueError(f"image must be uint8 (H, W[, 3]), got {image.dtype} {image.shape}")
-    ok, data = cv2.imencode(".png", image[..., ::-1] if image.ndim == 3 else image)
-    if not ok:
-        raise ValueError(f"cv2 could not encode an image of shape {image.shape} as PNG")
-    return data.tobytes()
 
 
 def png_at_width(image: np.ndarray, width: int) -> bytes:
@@ -66,13 +54,6 @@ def stepper_view(frames: np.ndarray, maps: np.ndarray, frame: int, layer: int, a
     heat = maps[layer, frame]
     image = frame_overlay(frames[frame], heat, alpha=alpha, vmax=float(maps[layer].max()))
     return {"image": image, "heat": heat, "area": tightness(heat)["area"] if heat.sum() > 0 else None}
-
-
-def clip_attention(config: MBTConfig, params: Any, example: Mapping[str, np.ndarray]) -> dict[str, list]:
-    """`aux["attention"]` of one clip (batch 1) from one run of the model (`overlay.attention_forward`, jitted)."""
-    inputs = {m: np.asarray(example[m], np.float32)[None] for m in config.modalities if m in example}
-    _, aux = attention_forward(config)(params, inputs)
-    return {stream: [np.asarray(a) for a in layers] for stream, layers in aux["attention"].items()}
 
 
 def layer_rollouts(attention: Mapping[str, list], config: MBTConfig, modality: str = "rgb",

@@ -34,13 +34,8 @@ def attention_forward(config: MBTConfig) -> Callable:
                                                             capture_attention=True))
 
 
-def clip_rollout(config: MBTConfig, params: Any, example: Mapping[str, np.ndarray], **rollout_kw) -> dict[str, Any]:
-    """Rollout of one clip (Fig. 6): `mbt_rollout`'s result without the batch axis, plus its maps on each patch grid.
-
-    Adds `maps[m]` (m's CLS over m's patches), `cross_maps[r][s]` (r's CLS over s's patches, s != r; exactly 0
-    when nothing crosses), `fused_maps[s]` (the mean over all output CLS tokens, as the classifier averages
-    them), `grids`, `patch_shapes`, `modalities` and `frame_rate` (frames per second of the clip's frames).
-    """
+def clip_attention(config: MBTConfig, params: Any, example: Mapping[str, np.ndarray]) -> dict[str, list]:
+    """`aux["attention"]` of one clip (batch 1) from one run of the model (`attention_forward`, jitted)."""
     mods = [m for m in config.modalities if m in example]
     if not mods:
         raise ValueError(f"example has {sorted(example)}: none of the model's modalities {config.modalities}")
@@ -49,7 +44,23 @@ def clip_rollout(config: MBTConfig, params: Any, example: Mapping[str, np.ndarra
             raise ValueError(f"example[{m!r}] is uint8: pass model inputs (e.g. CachedSplit.example), frames in [-1, 1]")
     inputs = {m: jnp.asarray(example[m], jnp.float32)[None] for m in mods}
     _, aux = attention_forward(config)(params, inputs)
-    attention = {stream: [np.asarray(a) for a in layers] for stream, layers in aux["attention"].items()}
+    return {stream: [np.asarray(a) for a in layers] for stream, layers in aux["attention"].items()}
+
+
+def clip_rollout(config: MBTConfig, params: Any, example: Mapping[str, np.ndarray], **rollout_kw) -> dict[str, Any]:
+    """Rollout of one clip (Fig. 6): the model run once (`clip_attention`), then `rollout_on_grids`."""
+    return rollout_on_grids(config, clip_attention(config, params, example), example, **rollout_kw)
+
+
+def rollout_on_grids(config: MBTConfig, attention: Mapping[str, list], example: Mapping[str, np.ndarray],
+                     **rollout_kw) -> dict[str, Any]:
+    """One clip's `mbt_rollout` without the batch axis, plus its maps on each patch grid.
+
+    Adds `maps[m]` (m's CLS over m's patches), `cross_maps[r][s]` (r's CLS over s's patches, s != r; exactly 0
+    when nothing crosses), `fused_maps[s]` (the mean over all output CLS tokens, as the classifier averages
+    them), `grids`, `patch_shapes`, `modalities` and `frame_rate` (frames per second of the clip's frames).
+    """
+    mods = [m for m in config.modalities if m in example]
     rolled = mbt_rollout(attention, config, **rollout_kw)
     own = {m: rolled["cls_to_patches"][m][0] for m in mods}
     grids = {}

@@ -30,3 +30,25 @@ def spectrogram_image(spectrogram: np.ndarray) -> np.ndarray:
 def enlarge(image: np.ndarray, factor: int) -> np.ndarray:
     """Nearest-neighbour enlargement by a whole factor, so patch edges stay one crisp line per pixel."""
     return cv2.resize(image, (image.shape[1] * factor, image.shape[0] * factor), interpolation=cv2.INTER_NEAREST)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of an RGB (H, W, 3) or grey (H, W) uint8 image."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise ValueError(f"image must be uint8 (H, W[, 3]), got {image.dtype} {image.shape}")
+    ok, data = cv2.imencode(".png", image[..., ::-1] if image.ndim == 3 else image)
+    if not ok:
+        raise ValueError(f"cv2 could not encode an image of shape {image.shape} as PNG")
+    return data.tobytes()
+
+
+def tile(images: np.ndarray, per_row: int = 8, gap: int = 4) -> np.ndarray:
+    """(N, H, W, 3) uint8 images in rows of `per_row`, white between them."""
+    n, h, w, _ = np.shape(images)
+    rows = -(-n // per_row)
+    canvas = np.full((rows * (h + gap) - gap, min(n, per_row) * (w + gap) - gap, 3), 255, np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, per_row)
+        canvas[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = image
+    return canvas
