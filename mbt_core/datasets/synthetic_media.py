@@ -3,9 +3,10 @@
 A scene is a flat dict (one row of `attributes.csv`): the binary attributes that labels are made of,
 plus every nuisance value (positions, motion, colours, loudness, event times, noise seed), so that
 `render_frames` and `render_audio` are pure functions of it. The choices serve the `tiny` preset's
-view (16 frames of 24x24 cropped from a 27-pixel short side, 400 x 32 log-mel up to 8 kHz):
-tones sit on far-apart mel bins, colours keep their hue after resizing, shapes span about a third of
-the frame and stay inside the centre crop, and every pulse covers at least one sampled frame.
+view (16 frames of 48x48 cropped from a 55-pixel short side, in 4-frame tubelets: one token column per
+second; 400 x 32 log-mel up to 8 kHz): tones sit on far-apart mel bins, colours keep their hue after
+resizing, shapes span about a third of the frame and stay inside the centre crop, and events fall in
+one-second slots, so that each pulse lies in one tubelet and covers at least two sampled frames.
 """
 from __future__ import annotations
 
@@ -23,12 +24,14 @@ LOW_HUM_HZ = 280.0
 DISTRACTOR_HUM_HZ = 640.0
 HIGH_HUM_HZ = 1200.0
 BEEP_HZ = 3440.0
-# Events (beeps, pulses) start in distinct slots; the tiny preset samples a frame every 0.24-0.28 s,
-# so a 0.3 s pulse is always seen, and slots of 0.4 s keep events of different sets apart.
-SLOT_SECONDS = 0.4
+# Events (beeps, pulses) start in distinct one-second slots, the span of one tiny tubelet (4 frames
+# sampled 0.24-0.28 s apart): a 0.5 s pulse starting within 0.1 s of its slot covers two sampled frames
+# of that tubelet. (Slots of 0.4 s with three events each, the first design, were not learnt by any
+# variant in a CPU run: the coincidence must be found between tokens, not inside one.)
+SLOT_SECONDS = 1.0
 EVENT_JITTER = 0.1
-PULSE_SECONDS = 0.3
-BEEP_SECONDS = 0.2
+PULSE_SECONDS = 0.5
+BEEP_SECONDS = 0.4
 MAX_EVENTS = 3
 PULSE_SCALE = 1.2  # a pulsing shape grows by this factor and turns 35 % towards white
 PULSE_WHITEN = 0.35
