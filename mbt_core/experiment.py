@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -142,21 +143,24 @@ def grid(fusions: Sequence[str], fusion_layers: Sequence[int], bottlenecks: Sequ
 
 
 def model_key(run: RunConfig) -> tuple:
-    """What tells two sweep settings' models apart: without a fused layer (L_f = L) every strategy is late
-    fusion, and without fusion tokens B changes nothing, so such settings share one run."""
+    """What tells two sweep settings' models apart: without a fused layer (L_f = L) bottleneck and cross-attention
+    fusion are the same late fusion (self-attention fusion still shares its weights across modalities), and
+    without fusion tokens B changes nothing, so such settings share one run."""
     m = run.model
     if not m.fused_layers:
-        return ("late", m.fusion_layer)
+        return ("late", m.fusion_layer, m.fusion == "self_attention")
     return (m.fusion, m.fusion_layer, m.num_bottlenecks) if m.has_fusion_tokens else (m.fusion, m.fusion_layer)
 
 
 def sweep(base: RunConfig, out_dir: str | Path, settings: Sequence[tuple[str, int, int]],
-          progress: bool = True, restart: bool = False) -> list[dict[str, Any]]:
+          progress: bool = True, restart: bool = False, parallel: int = 1) -> list[dict[str, Any]]:
     """Train and evaluate every (fusion, L_f, B) setting of `base`; write `results.json` / `results.csv`.
 
     Each row records its setting as data (and where its run directory is); settings that build the same model
     (`model_key`) share one run, and settings already evaluated with the same configuration are not run again
-    (another configuration is refused; `restart` runs every one again). All settings read one token cache.
+    (another configuration is refused; `restart` runs every one again). All settings read one token cache;
+    `parallel` settings train at once, in threads of this process (a tiny model's step keeps one core busy,
+    and XLA compiles one setting while another trains).
     """
     out = writable_dir(out_dir, "sweep directory")
     classes = load_dataset(base.data).classes
@@ -169,12 +173,27 @@ def sweep(base: RunConfig, out_dir: str | Path, settings: Sequence[tuple[str, in
     if not restart:  # every setting checked before the first one trains
         for run, run_dir in trained.values():
             check_resume(run_dir, fit_classes(run, classes))
-    bar = tqdm(trained.values(), desc="sweep", unit="run", disable=not progress)
-    for run, run_dir in bar:
-        bar.set_postfix_str(run_dir.name, refresh=True)
-        if restart or not (run_dir / "eval.json").exists():
-            train_run(run, run_dir, progress=progress, restart=restart)
-            evaluate_run(run_dir, run.data.test_split, progress=progress)
+    todo = [(run, run_dir) for run, run_dir in trained.values() if restart or not (run_dir / "eval.json").exists()]
+    running: list[str] = []
+    bar = tqdm(total=len(trained), initial=len(trained) - len(todo), desc="sweep", unit="run", disable=not progress)
+
+    def train_and_test(job: tuple[RunConfig, Path]) -> None:
+        run, run_dir = job
+        running.append(run_dir.name)
+        bar.set_postfix_str(", ".join(running), refresh=True)
+        train_run(run, run_dir, progress=progress, restart=restart)
+        evaluate_run(run_dir, run.data.test_split, progress=progress)
+        running.remove(run_dir.name)
+        bar.update()
+
+    with ThreadPoolExecutor(max(1, parallel)) as pool:
+        for future in [pool.submit(train_and_test, job) for job in todo]:
+            try:
+                future.result()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # settings in flight finish; no new one starts
+                raise
+    bar.close()
     rows = []
     for run in runs:
         run_dir = trained[model_key(run)][1]

@@ -241,7 +241,7 @@ def run_suite(out_dir: str | Path | None = None, quick: bool = False, progress: 
             runs = suite_runs(sweep_dir)
         elif stage == "notebooks":
             params = {"quick": quick, "workspace": str(out), "data_dir": str(data), "sweep_dir": str(sweep_dir)}
-            pages, digests = execute_notebooks(out / "notebooks", params, progress=progress,
+            pages, digests = execute_notebooks(out / "notebooks", params, NOTEBOOKS, progress=progress,
                                                skip=last.get("notebook_digests"))
             record["notebook_digests"] = {**last.get("notebook_digests", {}), **digests}
             record["executed"] = list(digests)

@@ -10,6 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from mbt_core import suite
 from mbt_core.suite import NOTEBOOK_DIR, NOTEBOOKS, ensure_sweep, ensure_synthetic, execute_notebooks, write_index
 
 # What each notebook must leave in its output_dir.
@@ -31,7 +32,7 @@ def test_notebooks_committed_clean_with_one_parameters_cell():
         assert not any(c.get("outputs") or c.get("execution_count") for c in code), f"{name} has outputs"
         tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1, name
-        for parameter in ("output_dir", "quick", "data_dir", "sweep_dir"):
+        for parameter in ("output_dir", "quick", "data_dir", "sweep_dir", "workspace"):
             assert f"{parameter} = " in tagged[0].source, (name, parameter)
         assert "google.colab" in code[0].source  # the first cell installs the project on Colab
 
@@ -48,7 +49,8 @@ def quick_suite(tmp_path_factory):
 def test_notebook_executes_on_quick(quick_suite, name):
     root, parameters = quick_suite
     out = root / "notebooks"
-    [page] = execute_notebooks(out, parameters, [name], progress=False)
+    [page], digests = execute_notebooks(out, parameters, [name], progress=False)
+    assert list(digests) == [name]
     assert page.exists() and page.stat().st_size > 0
     for file in EXPECTED[name]:
         assert (out / name / file).exists(), f"{name} did not write {file}"
@@ -97,3 +99,45 @@ def test_a_moved_suite_opens_in_the_notebooks_and_widgets(quick_suite, tmp_path)
         assert explorer_html(None, moved / "sweep", tmp_path / "explorer.html").stat().st_size > 0
     finally:
         hidden.rename(root)
+
+
+def test_suite_rerun_with_unchanged_inputs_executes_nothing_and_keeps_its_history(quick_suite, tmp_path, monkeypatch):
+    """`mbt suite` into a workspace holding the quick data and sweep: the first run executes the notebook, a
+    second one with nothing changed executes none, and suite.json / index.html keep both runs."""
+    root, _ = quick_suite
+    workspace = tmp_path / "workspace"
+    shutil.copytree(root / "data", workspace / "data")
+    shutil.copytree(root / "sweep", workspace / "sweep")
+    monkeypatch.setattr(suite, "NOTEBOOKS", ("01_tokenisation",))
+    index = suite.run_suite(workspace, quick=True, progress=False)
+    page = workspace / "notebooks" / "01_tokenisation.html"
+    first = page.stat().st_mtime_ns
+    suite.run_suite(workspace, quick=True, progress=False)
+    history = suite.read_suite_record(workspace)
+    assert [r["executed"] for r in history] == [["01_tokenisation"], []]
+    assert page.stat().st_mtime_ns == first
+    assert index.read_text().count("none (inputs unchanged)") == 1 and "01 tokenisation" in index.read_text()
+    rows = json.loads((workspace / "sweep" / "results.json").read_text())
+    assert len(rows) == 3  # nothing was trained again: the copied sweep was complete
+
+
+def test_notebook_inputs_digest_follows_results_and_parameters(quick_suite, tmp_path):
+    root, parameters = quick_suite
+    results = tmp_path / "results.json"
+    results.write_text((Path(parameters["sweep_dir"]) / "results.json").read_text())
+    source = NOTEBOOK_DIR / "02_training.ipynb"
+    digest = suite.inputs_digest([source, results], parameters)
+    assert suite.inputs_digest([source, results], dict(parameters)) == digest
+    assert suite.inputs_digest([source, results], {**parameters, "quick": False}) != digest
+    results.write_text(results.read_text().replace("bottleneck", "self_attention", 1))
+    assert suite.inputs_digest([source, results], parameters) != digest
+
+
+def test_workspace_inputs_reuse_the_suite_workspace(quick_suite, monkeypatch, tmp_path):
+    root, parameters = quick_suite
+    monkeypatch.setenv(suite.WORKSPACE_ENV, str(root))
+    assert suite.default_workspace() == root and suite.default_workspace(quick=True) == root / "quick"
+    assert suite.workspace_inputs(root, quick=True, progress=False) == (root / "data", root / "sweep")
+    assert suite.workspace_inputs(None, sweep_dir=root / "sweep") == (None, root / "sweep")
+    assert suite.workspace_inputs(tmp_path, data_dir=root / "data", sweep=False) == (root / "data", None)
+    assert not (tmp_path / "data").exists()  # given data is never copied or regenerated

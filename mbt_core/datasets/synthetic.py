@@ -244,7 +244,7 @@ def generate(out_dir: str | os.PathLike, num_clips: int = 2000, seed: int = 0, c
     jobs = [(str(p), row, size, clip_seconds, tag) for p, row, tag in zip(paths, rows, tags)
             if not clip_is_valid(p, tag)]
     with tqdm(total=num_clips, initial=num_clips - len(jobs), desc="mbt synth", unit="clip",
-              disable=not progress) as bar:
+              disable=not progress, leave=None) as bar:  # kept only when not nested in another bar
         try:
             if workers > 1 and len(jobs) > 1:
                 # spawn: forking a process that has imported JAX can deadlock.
