@@ -98,7 +98,7 @@ def ensure_sweep(data_dir: str | Path, sweep_dir: str | Path, quick: bool = Fals
     sweep_dir = Path(sweep_dir)
     if complete or not (sweep_dir / "results.json").exists():
         base = load_run_config(RECIPE).replace(train=quick_train(quick), data={"dir": str(data_dir)})
-        sweep(base, sweep_dir, suite_settings(base.model.num_layers, quick), progress=progress)
+        sweep(base, sweep_dir, suite_settings(base.model.num_layers, quick), progress=progress, parallel=2)
     return sweep_dir
 
 

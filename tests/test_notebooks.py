@@ -141,3 +141,44 @@ def test_workspace_inputs_reuse_the_suite_workspace(quick_suite, monkeypatch, tm
     assert suite.workspace_inputs(None, sweep_dir=root / "sweep") == (None, root / "sweep")
     assert suite.workspace_inputs(tmp_path, data_dir=root / "data", sweep=False) == (root / "data", None)
     assert not (tmp_path / "data").exists()  # given data is never copied or regenerated
+
+
+def test_settings_that_build_one_model_share_a_run(quick_suite, tmp_path):
+    """Late fusion is one model for bottleneck and cross-attention (not for self-attention, which shares its
+    weights across modalities); B changes nothing without fusion tokens. The sweep trains each model once and
+    records every setting asked for."""
+    import jax
+    import numpy as np
+
+    from mbt_core.config import MBTConfig
+    from mbt_core.experiment import model_key, sweep
+    from mbt_core.model.model import MBT, dummy_inputs
+    from mbt_core.recipes import load_run_config
+
+    micro = MBTConfig.preset("micro", num_classes=3)
+    late = micro.num_layers
+    x = dummy_inputs(micro, 2)
+    x = {k: v + jax.random.normal(jax.random.PRNGKey(1), v.shape) for k, v in x.items()}
+
+    def logits(**fields):
+        model = MBT(micro.replace(**fields))
+        return np.asarray(model.apply(model.init(jax.random.PRNGKey(0), x, train=False), x, train=False)[0])
+
+    np.testing.assert_array_equal(logits(fusion="bottleneck", fusion_layer=late, num_bottlenecks=1),
+                                  logits(fusion="cross_attention", fusion_layer=late, num_bottlenecks=4))
+    assert not np.allclose(logits(fusion="bottleneck", fusion_layer=late), logits(fusion="self_attention", fusion_layer=late))
+    np.testing.assert_array_equal(logits(fusion="self_attention", fusion_layer=1, num_bottlenecks=1),
+                                  logits(fusion="self_attention", fusion_layer=1, num_bottlenecks=4))
+
+    root, parameters = quick_suite
+    base = load_run_config("synthetic-tiny", ["model.preset='micro'", "train.steps=2", "train.batch_size=4",
+                                              "train.checkpoint_every=2"]).replace(data={"dir": parameters["data_dir"]})
+    settings = [("bottleneck", late, 1), ("cross_attention", late, 1), ("self_attention", late, 1),
+                ("self_attention", 1, 4), ("self_attention", 1, 1)]
+    rows = sweep(base, tmp_path / "sweep", settings, progress=False, parallel=2)
+    assert [(r["fusion"], r["fusion_layer"], r["num_bottlenecks"]) for r in rows] == settings
+    assert len({r["run_dir"] for r in rows}) == len({model_key(base.replace(model=dict(zip(
+        ("fusion", "fusion_layer", "num_bottlenecks"), s)))) for s in settings}) == 3
+    assert rows[0]["run_dir"] == rows[1]["run_dir"] and rows[3]["run_dir"] == rows[4]["run_dir"]
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == [
+        "bottleneck-lf2-b1", "self_attention-lf1-b4", "self_attention-lf2-b1"]

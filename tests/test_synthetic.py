@@ -72,11 +72,11 @@ def small(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def decoded(tmp_path_factory):
-    """96 clips written by two worker processes, each decoded as the `tiny` preset sees it."""
+    """96 clips written by two worker processes, each decoded as the suite's model (`tiny-48`) sees it."""
     out = tmp_path_factory.mktemp("synth96")
     result = synth.generate(out, num_clips=96, seed=0, workers=2, progress=False)
     records, classes = read_manifest(result.manifest, list(result.classes))
-    config = MBTConfig.preset("tiny")
+    config = MBTConfig.preset("tiny-48")
     views = [tokenise(out / r.video, config) for r in records]
     return {"result": result, "records": records, "classes": classes, "rows": attribute_rows(out),
             "frames": np.stack([(v.frames + 1.0) * 127.5 for v in views]),  # (N, 16, 48, 48, 3) in [0, 255]
@@ -214,7 +214,7 @@ def twin_views(tmp_path, flip, count=2, seed=7):
                      **media.sample_scene(attributes, np.random.default_rng([seed, 1, i]), 4.0, 0.1)}
             path = tmp_path / f"{flip}_{i}_{j}.mp4"
             synth.write_clip((str(path), scene, 64, 4.0, "twin"))
-            views.append((scene, tokenise(path, MBTConfig.preset("tiny"))))
+            views.append((scene, tokenise(path, MBTConfig.preset("tiny-48"))))
     return views
 
 
@@ -311,7 +311,7 @@ def test_pulse_synchrony_is_visible_in_the_tokenised_view(decoded):
 
 
 def test_shapes_are_large_and_stay_inside_the_tiny_centre_crop():
-    size = MBTConfig.preset("tiny").image_size
+    size = MBTConfig.preset("tiny-48").image_size
     short = round(size * 256 / 224)  # the tokeniser's resize of the short side
     lo, hi = ((short - size) // 2) / short, ((short - size) // 2 + size) / short
     for row in synth.plan(2000, seed=2, difficulty=1.0):

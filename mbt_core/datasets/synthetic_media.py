@@ -2,7 +2,7 @@
 
 A scene is a flat dict (one row of `attributes.csv`): the binary attributes that labels are made of,
 plus every nuisance value (positions, motion, colours, loudness, event times, noise seed), so that
-`render_frames` and `render_audio` are pure functions of it. The choices serve the `tiny` preset's
+`render_frames` and `render_audio` are pure functions of it. The choices serve the suite's `tiny-48`
 view (16 frames of 48x48 cropped from a 55-pixel short side, in 4-frame tubelets: one token column per
 second; 400 x 32 log-mel up to 8 kHz): tones sit on far-apart mel bins, colours keep their hue after
 resizing, shapes span about a third of the frame and stay inside the centre crop, and every pulse covers
