@@ -163,7 +163,8 @@ def sweep(base: RunConfig, out_dir: str | Path, settings: Sequence[tuple[str, in
     and XLA compiles one setting while another trains).
     """
     out = writable_dir(out_dir, "sweep directory")
-    classes = load_dataset(base.data).classes
+    dataset = load_dataset(base.data)
+    classes = dataset.classes
     runs = [base.replace(model={"fusion": fusion, "fusion_layer": lf, "num_bottlenecks": b})
             for fusion, lf, b in settings]
     trained = {}  # model key -> (the run of its first setting, its directory)
@@ -174,6 +175,12 @@ def sweep(base: RunConfig, out_dir: str | Path, settings: Sequence[tuple[str, in
         for run, run_dir in trained.values():
             check_resume(run_dir, fit_classes(run, classes))
     todo = [(run, run_dir) for run, run_dir in trained.values() if restart or not (run_dir / "eval.json").exists()]
+    if todo:  # the token cache every setting reads, built once before any trains (settings share the geometry)
+        first = todo[0][0]
+        run_split(first, dataset, first.data.train_split, first.data.train_windows, progress)
+        run_split(first, dataset, first.data.test_split, first.train.eval_views, progress)
+        if first.train.eval_every:
+            run_split(first, dataset, first.data.val_split, 1, progress)
     running: list[str] = []
     bar = tqdm(total=len(trained), initial=len(trained) - len(todo), desc="sweep", unit="run", disable=not progress)
 

@@ -70,7 +70,7 @@ def quick_train(quick: bool) -> dict[str, int]:
     """TrainConfig fields of the suite's runs: a shorter schedule than the recipe's, seconds-long when quick."""
     if quick:
         return {"steps": 12, "batch_size": 8, "checkpoint_every": 12, "log_every": 2}
-    return {"steps": 300, "checkpoint_every": 100}
+    return {"steps": 150, "checkpoint_every": 150}
 
 
 FUSIONS, BOTTLENECKS = ("bottleneck", "self_attention", "cross_attention"), (1, 4, 16)  # what the explorer offers

@@ -162,7 +162,7 @@ def slot_indicators(rows, column):
     """(N, slots) 1 where an event of `column` starts in that slot."""
     out = np.zeros((len(rows), media.SLOTS))
     for i, row in enumerate(rows):
-        for t in row[column].split(";"):
+        for t in filter(None, row[column].split(";")):
             out[i, int(float(t) // media.slot_seconds(4.0))] = 1.0
     return out
 

@@ -32,8 +32,8 @@ SLOTS = 2
 EVENT_MARGIN = 0.1  # an event ends at least this long before its half does
 PULSE_SECONDS = 0.5  # two to three sampled frames of the tiny view (0.24-0.28 s apart)
 BEEP_SECONDS = 0.4
-PULSE_SCALE = 1.2  # a pulsing shape grows by this factor and turns 35 % towards white
-PULSE_WHITEN = 0.35
+PULSE_SCALE = 1.2  # a pulsing shape grows by this factor and turns 60 % towards white
+PULSE_WHITEN = 0.6
 # Hue ranges in degrees: warm = red to yellow, cool = cyan to blue; `difficulty` widens both by up to
 # 10 degrees each side, which still leaves them 100 degrees apart on either side of the hue circle.
 WARM_HUES = (-10.0, 45.0)
@@ -77,11 +77,12 @@ def sample_scene(attributes: Mapping[str, bool], rng: np.random.Generator, clip_
     lo, hi = WARM_HUES if attributes["circle_warm"] else COOL_HUES
     circle_left = bool(rng.integers(2))
     # The beep in a random half; the circle pulses with it when it is the sound source, else at a time drawn
-    # alike in the other half (drawn either way, so the label changes no other value); the square in either
-    # half. So the circle's (and the square's) pulse times have one distribution whatever the label.
+    # alike in the other half (drawn either way, so the label changes no other value); with probability
+    # `difficulty` the square pulses too, in either half (a distractor that asks which shape pulsed). The
+    # circle's pulse times have one distribution whatever the label.
     half, beep_slot = slot_seconds(clip_seconds), int(rng.integers(SLOTS))
     beeps, other = _event_time(rng, beep_slot, half), _event_time(rng, 1 - beep_slot, half)
-    square = _event_time(rng, int(rng.integers(SLOTS)), half)
+    square = _event_time(rng, int(rng.integers(SLOTS)), half) if rng.random() < difficulty else ""
     scene = {name: bool(value) for name, value in attributes.items()}
     scene.update(
         circle_hue=round(rng.uniform(lo - widen, hi + widen) % 360.0, 2),
