@@ -251,6 +251,7 @@ def run_suite(out_dir: str | Path | None = None, quick: bool = False, progress: 
                 report = read_eval(run_dir)
                 kinds = ", ".join(f"{k} {v:.3f}" for k, v in report.get("mAP_by_kind", {}).items())
                 summary[name] = f"mAP {report['mAP']:.3f} ({kinds})"
+            record["stage_s"] = {k: round(v, 1) for k, v in seconds.items()}
             record["wall_s"] = round(time.monotonic() - start, 1)
             summary["wall time"] = f"{record['wall_s']:.0f} s"
             record["finished"] = True

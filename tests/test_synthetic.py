@@ -301,9 +301,8 @@ def test_pulse_synchrony_is_visible_in_the_tokenised_view(decoded):
     frames, spec, times = decoded["frames"], decoded["spec"], decoded["times"]
     area = ((frames.max(-1) - frames.min(-1)) > 80).sum((2, 3)).astype(float)  # circle grows when it pulses
     beep = spec[:, :, 23]
-    # A beep that started within the pulse length before each sampled frame.
-    recent = np.stack([[b[max(0, int(round((t - media.PULSE_SECONDS) * 100))):int(round((t + 0.05) * 100)) + 1].max()
-                        for t in times] for b in beep])
+    # The beep's loudness at each sampled frame (log-mel frames every 10 ms).
+    recent = np.stack([[b[max(0, int(round(t * 100)) - 5):int(round(t * 100)) + 6].max() for t in times] for b in beep])
     a, b = area - area.mean(1, keepdims=True), recent - recent.mean(1, keepdims=True)
     sync = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-9)
     y = np.array([int(r["circle_is_sound_source"]) for r in decoded["rows"]])

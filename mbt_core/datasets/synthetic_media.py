@@ -5,8 +5,8 @@ plus every nuisance value (positions, motion, colours, loudness, event times, no
 `render_frames` and `render_audio` are pure functions of it. The choices serve the suite's `tiny-48`
 view (16 frames of 48x48 cropped from a 55-pixel short side, in 4-frame tubelets: one token column per
 second; 400 x 32 log-mel up to 8 kHz): tones sit on far-apart mel bins, colours keep their hue after
-resizing, shapes span about a third of the frame and stay inside the centre crop, and every pulse covers
-at least two sampled frames.
+resizing, shapes span about a third of the frame and stay inside the centre crop, and beeps and pulses
+last long enough to fill several tokens of each modality.
 """
 from __future__ import annotations
 
@@ -25,15 +25,16 @@ DISTRACTOR_HUM_HZ = 640.0
 HIGH_HUM_HZ = 1200.0
 BEEP_HZ = 3440.0
 # Events fall in one half of the clip or the other (two slots): the beep in one, the circle's pulse in
-# the same half when it is the sound source, else in the other; the square's pulse in either. A first
-# design (0.4 s slots, three events each, then one-second slots with one event each) was learnt by no
-# variant in a CPU run: matching the exact slot across modalities needs far more steps than telling halves.
+# the same half when it is the sound source, else in the other; the square's pulse in either. Both last
+# three quarters of their half (3 s of a 4 s clip: six sampled frames, nine spectrogram patches), so the
+# coincidence is a dense signal: short events (0.2-0.5 s beeps and pulses in 0.4-2 s slots, the first
+# designs) were learnt by no variant in a CPU run.
 SLOTS = 2
-EVENT_MARGIN = 0.1  # an event ends at least this long before its half does
-PULSE_SECONDS = 0.5  # two to three sampled frames of the tiny view (0.24-0.28 s apart)
-BEEP_SECONDS = 0.4
-PULSE_SCALE = 1.2  # a pulsing shape grows by this factor and turns 60 % towards white
-PULSE_WHITEN = 0.6
+EVENT_FRACTION = 0.75  # of a slot: how long a beep or a pulse lasts
+START_FRACTION = 0.2  # of a slot: how late in it an event may start (it ends before the slot does)
+MIN_SLOT_SECONDS = 0.6
+PULSE_SCALE = 1.2  # a pulsing shape grows by this factor and turns 35 % towards white
+PULSE_WHITEN = 0.35
 # Hue ranges in degrees: warm = red to yellow, cool = cyan to blue; `difficulty` widens both by up to
 # 10 degrees each side, which still leaves them 100 degrees apart on either side of the hue circle.
 WARM_HUES = (-10.0, 45.0)
@@ -48,17 +49,21 @@ MAX_DRIFT = (0.015, 0.08)  # (x, y) amplitude of the slow sinusoidal drift
 
 
 def slot_seconds(clip_seconds: float) -> float:
-    """The length of one event slot (half the clip); a pulse must fit in it."""
+    """The length of one event slot (half the clip)."""
     half = clip_seconds / SLOTS
-    if half < PULSE_SECONDS + EVENT_MARGIN:
-        raise ValueError(f"clip_seconds {clip_seconds} is too short: events need >= "
-                         f"{SLOTS * (PULSE_SECONDS + EVENT_MARGIN)} s")
+    if half < MIN_SLOT_SECONDS:
+        raise ValueError(f"clip_seconds {clip_seconds} is too short: events need >= {SLOTS * MIN_SLOT_SECONDS} s")
     return half
 
 
+def event_seconds(clip_seconds: float) -> float:
+    """How long a beep or a pulse lasts in a clip of this length."""
+    return EVENT_FRACTION * slot_seconds(clip_seconds)
+
+
 def _event_time(rng: np.random.Generator, slot: int, half: float) -> str:
-    """The start time (s, ms precision) of one event anywhere in its slot, as text (the `;`-list format)."""
-    return f"{round(float(slot * half + rng.uniform(0.0, half - PULSE_SECONDS - EVENT_MARGIN)), 3):.3f}"
+    """The start time (s, ms precision) of one event early in its slot, as text (the `;`-list format)."""
+    return f"{round(float((slot + rng.uniform(0.0, START_FRACTION)) * half), 3):.3f}"
 
 
 def _motion(rng: np.random.Generator, prefix: str, x: float) -> dict[str, float]:
@@ -153,7 +158,7 @@ def render_frames(scene: Mapping[str, Any], size: int, clip_seconds: float) -> n
         region += alpha * (colour.astype(np.float32)[:, None, None, :] - region)
 
     def pulsed(prefix: str) -> tuple[np.ndarray, np.ndarray]:
-        on = _active(t, scene[f"{prefix}_pulse_times"], PULSE_SECONDS)
+        on = _active(t, scene[f"{prefix}_pulse_times"], event_seconds(clip_seconds))
         base = _rgb(scene[f"{prefix}_hue"], scene[f"{prefix}_saturation"], scene[f"{prefix}_value"])
         colour = base + (255.0 - base) * (PULSE_WHITEN * on)[:, None]
         return 1.0 + (PULSE_SCALE - 1.0) * on, colour
@@ -190,6 +195,6 @@ def render_audio(scene: Mapping[str, Any], clip_seconds: float) -> np.ndarray:
             (scene["high_hum"], HIGH_HUM_HZ, scene["high_hum_gain"]),
             (scene["distractor_hum"], DISTRACTOR_HUM_HZ, scene["distractor_gain"])]
     y = sum(gain * np.sin(2 * math.pi * hz * t) for on, hz, gain in hums if on) * tremolo * fade
-    y = y + scene["beep_gain"] * _ramped(t, scene["beep_times"], BEEP_SECONDS) * np.sin(2 * math.pi * BEEP_HZ * t)
+    y = y + scene["beep_gain"] * _ramped(t, scene["beep_times"], event_seconds(clip_seconds)) * np.sin(2 * math.pi * BEEP_HZ * t)
     y = y + np.random.default_rng(scene["noise_seed"] + 1).normal(0.0, scene["audio_noise"], len(t))
     return np.clip(y, -1.0, 1.0).astype(np.float32)
