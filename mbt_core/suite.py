@@ -141,11 +141,10 @@ def write_notebooks(out_dir: str | Path, force: bool = False) -> list[Path]:
 
 def inputs_digest(paths: Sequence[Path], parameters: dict) -> str:
     """SHA-256 of what executed notebooks depend on: the files `paths`, `parameters`, and every source file of
-    `mbt_core` and `widgets` (the code the notebooks call)."""
-    import widgets
-
+    `mbt_core` and `widgets` (the code the notebooks call; `widgets` lies beside `mbt_core`, installed or not)."""
     digest = hashlib.sha256(json.dumps(parameters, sort_keys=True, default=str).encode())
-    code = [f for package in (Path(__file__).parent, Path(widgets.__file__).parent) for f in sorted(package.rglob("*.py"))]
+    here = Path(__file__).resolve().parent
+    code = [f for package in (here, here.parent / "widgets") for f in sorted(package.rglob("*.py"))]
     for file in [*paths, *code]:
         digest.update(file.name.encode() + b"\0" + (file.read_bytes() if file.is_file() else b"(missing)"))
     return digest.hexdigest()
