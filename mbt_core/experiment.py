@@ -159,8 +159,8 @@ def sweep(base: RunConfig, out_dir: str | Path, settings: Sequence[tuple[str, in
     Each row records its setting as data (and where its run directory is); settings that build the same model
     (`model_key`) share one run, and settings already evaluated with the same configuration are not run again
     (another configuration is refused; `restart` runs every one again). All settings read one token cache;
-    `parallel` settings train at once, in threads of this process (a tiny model's step keeps one core busy,
-    and XLA compiles one setting while another trains).
+    `parallel` settings train at once, in threads of this process (XLA compiles or computes one while another
+    runs Python: the data pipeline, checkpoints, evaluation).
     """
     out = writable_dir(out_dir, "sweep directory")
     dataset = load_dataset(base.data)
