@@ -160,9 +160,11 @@ def test_settings_that_build_one_model_share_a_run(quick_suite, tmp_path):
     x = dummy_inputs(micro, 2)
     x = {k: v + jax.random.normal(jax.random.PRNGKey(1), v.shape) for k, v in x.items()}
 
-    def logits(**fields):
+    def logits(**fields):  # every layer's tokens (the head starts at zero, so logits alone would all agree)
         model = MBT(micro.replace(**fields))
-        return np.asarray(model.apply(model.init(jax.random.PRNGKey(0), x, train=False), x, train=False)[0])
+        _, state = model.apply(model.init(jax.random.PRNGKey(0), x, train=False), x, train=False,
+                               mutable=["intermediates"])
+        return np.concatenate([np.ravel(v) for v in jax.tree_util.tree_leaves(state["intermediates"])])
 
     np.testing.assert_array_equal(logits(fusion="bottleneck", fusion_layer=late, num_bottlenecks=1),
                                   logits(fusion="cross_attention", fusion_layer=late, num_bottlenecks=4))
