@@ -168,7 +168,8 @@ def test_settings_that_build_one_model_share_a_run(quick_suite, tmp_path):
 
     np.testing.assert_array_equal(logits(fusion="bottleneck", fusion_layer=late, num_bottlenecks=1),
                                   logits(fusion="cross_attention", fusion_layer=late, num_bottlenecks=4))
-    assert not np.allclose(logits(fusion="bottleneck", fusion_layer=late), logits(fusion="self_attention", fusion_layer=late))
+    assert not np.allclose(logits(fusion="bottleneck", fusion_layer=late),
+                           logits(fusion="self_attention", fusion_layer=late))
     np.testing.assert_array_equal(logits(fusion="self_attention", fusion_layer=1, num_bottlenecks=1),
                                   logits(fusion="self_attention", fusion_layer=1, num_bottlenecks=4))
 

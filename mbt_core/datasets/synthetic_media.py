@@ -195,6 +195,7 @@ def render_audio(scene: Mapping[str, Any], clip_seconds: float) -> np.ndarray:
             (scene["high_hum"], HIGH_HUM_HZ, scene["high_hum_gain"]),
             (scene["distractor_hum"], DISTRACTOR_HUM_HZ, scene["distractor_gain"])]
     y = sum(gain * np.sin(2 * math.pi * hz * t) for on, hz, gain in hums if on) * tremolo * fade
-    y = y + scene["beep_gain"] * _ramped(t, scene["beep_times"], event_seconds(clip_seconds)) * np.sin(2 * math.pi * BEEP_HZ * t)
+    beep = _ramped(t, scene["beep_times"], event_seconds(clip_seconds)) * np.sin(2 * math.pi * BEEP_HZ * t)
+    y = y + scene["beep_gain"] * beep
     y = y + np.random.default_rng(scene["noise_seed"] + 1).normal(0.0, scene["audio_noise"], len(t))
     return np.clip(y, -1.0, 1.0).astype(np.float32)
