@@ -131,10 +131,10 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 def cmd_suite(args: argparse.Namespace) -> None:
     from mbt_core.run_dir import writable_dir
-    from mbt_core.suite import run_suite
+    from mbt_core.suite import default_workspace, run_suite
 
-    writable_dir(args.out, "--out")
-    index = run_suite(args.out, quick=args.quick)
+    out = writable_dir(args.out if args.out is not None else default_workspace(args.quick), "--out")
+    index = run_suite(out, quick=args.quick)
     print(f"open {index}")
 
 
@@ -228,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_synth)
 
     p = add_parser("suite", help="the whole story: data, runs, sweep, executed notebooks, DIR/index.html")
-    p.add_argument("--out", default="mbt_suite")
+    p.add_argument("--out", default=None, help="the workspace to fill (default: $MBT_WORKSPACE, else ~/mbt_suite; "
+                                                "quick runs use its quick/ subfolder); notebooks read the same default")
     p.add_argument("--quick", action="store_true", help="a tiny data set and a few steps per run (smoke test)")
     p.set_defaults(func=cmd_suite)
 

@@ -255,6 +255,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=64, num_layers=3, num_heads=4, mlp_dim=128, rgb_frames=16, image_size=24,
                  rgb_patch=8, rgb_tubelet=2, spec_seconds=4.0, mel_bins=32, spec_patch=16,
                  fusion="bottleneck", fusion_layer=1, num_bottlenecks=4, classifier="token", num_classes=10),
+    # The synthetic benchmark's model (`synthetic-tiny`, the suite): tiny with frames of 48^2 in 4x12x12
+    # tubelets, a 4 x 4 patch grid with the circle and the square in separate halves and one tubelet
+    # per second (64 tokens, fewer than tiny's 72), so the shapes stay plain under a rollout overlay.
+    "tiny-48": dict(hidden_size=64, num_layers=3, num_heads=4, mlp_dim=128, rgb_frames=16, image_size=48,
+                    rgb_patch=12, rgb_tubelet=4, spec_seconds=4.0, mel_bins=32, spec_patch=16,
+                    fusion="bottleneck", fusion_layer=1, num_bottlenecks=4, classifier="token", num_classes=10),
     # Smallest shapes that still exercise every path (unit tests).
     "micro": dict(hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64, rgb_frames=2, image_size=8,
                   rgb_patch=4, rgb_tubelet=1, spec_seconds=0.16, mel_bins=8, spec_patch=4,

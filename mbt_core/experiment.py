@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -141,31 +142,73 @@ def grid(fusions: Sequence[str], fusion_layers: Sequence[int], bottlenecks: Sequ
     return [(f, lf, b) for f in fusions for lf in fusion_layers for b in (bottlenecks if f == "bottleneck" else bottlenecks[:1])]
 
 
+def model_key(run: RunConfig) -> tuple:
+    """What tells two sweep settings' models apart: without a fused layer (L_f = L) bottleneck and cross-attention
+    fusion are the same late fusion (self-attention fusion still shares its weights across modalities), and
+    without fusion tokens B changes nothing, so such settings share one run."""
+    m = run.model
+    if not m.fused_layers:
+        return ("late", m.fusion_layer, m.fusion == "self_attention")
+    return (m.fusion, m.fusion_layer, m.num_bottlenecks) if m.has_fusion_tokens else (m.fusion, m.fusion_layer)
+
+
 def sweep(base: RunConfig, out_dir: str | Path, settings: Sequence[tuple[str, int, int]],
-          progress: bool = True, restart: bool = False) -> list[dict[str, Any]]:
+          progress: bool = True, restart: bool = False, parallel: int = 1) -> list[dict[str, Any]]:
     """Train and evaluate every (fusion, L_f, B) setting of `base`; write `results.json` / `results.csv`.
 
-    Each row records its setting as data (and where its run directory is); settings already evaluated with
-    the same configuration are not run again (another configuration is refused; `restart` runs every one again).
+    Each row records its setting as data (and where its run directory is); settings that build the same model
+    (`model_key`) share one run, and settings already evaluated with the same configuration are not run again
+    (another configuration is refused; `restart` runs every one again). All settings read one token cache;
+    `parallel` settings train at once, in threads of this process (XLA compiles or computes one while another
+    runs Python: the data pipeline, checkpoints, evaluation).
     """
     out = writable_dir(out_dir, "sweep directory")
-    classes = load_dataset(base.data).classes
-    runs = [(base.replace(model={"fusion": fusion, "fusion_layer": lf, "num_bottlenecks": b}),
-             out / variant_name(fusion, lf, b)) for fusion, lf, b in settings]
+    dataset = load_dataset(base.data)
+    classes = dataset.classes
+    runs = [base.replace(model={"fusion": fusion, "fusion_layer": lf, "num_bottlenecks": b})
+            for fusion, lf, b in settings]
+    trained = {}  # model key -> (the run of its first setting, its directory)
+    for run in runs:
+        m = run.model
+        trained.setdefault(model_key(run), (run, out / variant_name(m.fusion, m.fusion_layer, m.num_bottlenecks)))
     if not restart:  # every setting checked before the first one trains
-        for run, run_dir in runs:
+        for run, run_dir in trained.values():
             check_resume(run_dir, fit_classes(run, classes))
+    todo = [(run, run_dir) for run, run_dir in trained.values() if restart or not (run_dir / "eval.json").exists()]
+    if todo:  # the token cache every setting reads, built once before any trains (settings share the geometry)
+        first = todo[0][0]
+        run_split(first, dataset, first.data.train_split, first.data.train_windows, progress)
+        run_split(first, dataset, first.data.test_split, first.train.eval_views, progress)
+        if first.train.eval_every:
+            run_split(first, dataset, first.data.val_split, 1, progress)
+    running: list[str] = []
+    bar = tqdm(total=len(trained), initial=len(trained) - len(todo), desc="sweep", unit="run", disable=not progress)
+
+    def train_and_test(job: tuple[RunConfig, Path]) -> None:
+        run, run_dir = job
+        running.append(run_dir.name)
+        bar.set_postfix_str(", ".join(running), refresh=True)
+        train_run(run, run_dir, progress=progress, restart=restart)
+        evaluate_run(run_dir, run.data.test_split, progress=progress)
+        running.remove(run_dir.name)
+        bar.update()
+
+    with ThreadPoolExecutor(max(1, parallel)) as pool:
+        for future in [pool.submit(train_and_test, job) for job in todo]:
+            try:
+                future.result()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # settings in flight finish; no new one starts
+                raise
+    bar.close()
     rows = []
-    for run, run_dir in tqdm(runs, desc="sweep", unit="run", disable=not progress):
-        fusion, lf, b = run.model.fusion, run.model.fusion_layer, run.model.num_bottlenecks
-        if restart or not (run_dir / "eval.json").exists():
-            train_run(run, run_dir, progress=progress, restart=restart)
-            evaluate_run(run_dir, run.data.test_split, progress=progress)
-        run = read_config(run_dir)  # as trained: the head sized to the data
+    for run in runs:
+        run_dir = trained[model_key(run)][1]
         report = read_eval(run_dir)
-        rows.append({"fusion": fusion, "fusion_layer": lf, "num_bottlenecks": b, "num_layers": run.model.num_layers,
-                     "mAP": report["mAP"], "gflops": gflops(run.model), "gflops_official": gflops(run.model, "official"),
-                     **{f"mAP_{k}": v for k, v in report.get("mAP_by_kind", {}).items()},
-                     "run_dir": str(run_dir)})
+        model = read_config(run_dir).model.replace(fusion=run.model.fusion, num_bottlenecks=run.model.num_bottlenecks)
+        rows.append({"fusion": model.fusion, "fusion_layer": model.fusion_layer,
+                     "num_bottlenecks": model.num_bottlenecks, "num_layers": model.num_layers, "mAP": report["mAP"],
+                     "gflops": gflops(model), "gflops_official": gflops(model, "official"),
+                     **{f"mAP_{k}": v for k, v in report.get("mAP_by_kind", {}).items()}, "run_dir": str(run_dir)})
     write_results(out, rows)
     return rows

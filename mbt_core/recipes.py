@@ -183,7 +183,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # From-scratch CPU recipe on the synthetic benchmark: a few minutes on 2 cores. No modality mixup,
     # which blurs the pairing classes; AdamW because nothing is pre-trained.
     "synthetic-tiny": {
-        "model": {"preset": "tiny", "fusion_layer": 1, "num_bottlenecks": 4},
+        "model": {"preset": "tiny-48", "fusion_layer": 1, "num_bottlenecks": 4},
         "train": dict(steps=400, batch_size=32, optimizer="adamw", learning_rate=1e-3, weight_decay=1e-4,
                       warmup_epochs=1.0, grad_clip_norm=1.0, mixup_alpha=0.0, modality_mixup=False,
                       spec_augment=False, frame_augment=False, log_every=10, eval_every=0,

@@ -10,6 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from mbt_core import suite
 from mbt_core.suite import NOTEBOOK_DIR, NOTEBOOKS, ensure_sweep, ensure_synthetic, execute_notebooks, write_index
 
 # What each notebook must leave in its output_dir.
@@ -33,7 +34,7 @@ def test_notebooks_committed_clean_with_one_parameters_cell():
         assert not any(c.get("outputs") or c.get("execution_count") for c in code), f"{name} has outputs"
         tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1, name
-        for parameter in ("output_dir", "quick", "data_dir", "sweep_dir"):
+        for parameter in ("output_dir", "quick", "data_dir", "sweep_dir", "workspace"):
             assert f"{parameter} = " in tagged[0].source, (name, parameter)
         assert "google.colab" in code[0].source  # the first cell installs the project on Colab
 
@@ -50,7 +51,8 @@ def quick_suite(tmp_path_factory):
 def test_notebook_executes_on_quick(quick_suite, name):
     root, parameters = quick_suite
     out = root / "notebooks"
-    [page] = execute_notebooks(out, parameters, [name], progress=False)
+    [page], digests = execute_notebooks(out, parameters, [name], progress=False)
+    assert list(digests) == [name]
     assert page.exists() and page.stat().st_size > 0
     for file in EXPECTED[name]:
         assert (out / name / file).exists(), f"{name} did not write {file}"
@@ -114,7 +116,7 @@ def test_predict_notebook_with_an_official_checkpoint_and_a_clip_without_audio(t
     checkpoint = write_official(tmp_path / "checkpoint_100", random_params(config), rename=released_names)
     clip = media.write_video(tmp_path / "silent.mp4", media.index_frames(30, 24, 32))
     out = tmp_path / "out"
-    [page] = execute_notebooks(out, {"checkpoint": str(checkpoint), "video": str(clip), "top_k": 3, "quick": True,
+    [page], _ = execute_notebooks(out, {"checkpoint": str(checkpoint), "video": str(clip), "top_k": 3, "quick": True,
                                      "labels": [str(labels)], "overrides": {"fusion_layer": 1}},
                                ["06_predict"], progress=False)
     result = json.loads((out / "06_predict" / "prediction.json").read_text())
@@ -139,3 +141,89 @@ def test_mbt_predict_on_a_run_directory_names_the_card_classes(quick_suite, caps
     printed = [line.split("  ", 2)[-1] for line in text.splitlines() if line.startswith("  1. ")]
     assert len(printed) == 3 and all(name in classes for name in printed)
     assert f"class names: {(Path(parameters['data_dir']) / 'data_card.md').resolve()} (data card)" in text
+
+
+def test_suite_rerun_with_unchanged_inputs_executes_nothing_and_keeps_its_history(quick_suite, tmp_path, monkeypatch):
+    """`mbt suite` into a workspace holding the quick data and sweep: the first run executes the notebook, a
+    second one with nothing changed executes none, and suite.json / index.html keep both runs."""
+    root, _ = quick_suite
+    workspace = tmp_path / "workspace"
+    shutil.copytree(root / "data", workspace / "data")
+    shutil.copytree(root / "sweep", workspace / "sweep")
+    monkeypatch.setattr(suite, "NOTEBOOKS", ("01_tokenisation",))
+    index = suite.run_suite(workspace, quick=True, progress=False)
+    page = workspace / "notebooks" / "01_tokenisation.html"
+    first = page.stat().st_mtime_ns
+    suite.run_suite(workspace, quick=True, progress=False)
+    history = suite.read_suite_record(workspace)
+    assert [r["executed"] for r in history] == [["01_tokenisation"], []]
+    assert page.stat().st_mtime_ns == first
+    assert index.read_text().count("none (inputs unchanged)") == 1 and "01 tokenisation" in index.read_text()
+    rows = json.loads((workspace / "sweep" / "results.json").read_text())
+    assert len(rows) == 3  # nothing was trained again: the copied sweep was complete
+
+
+def test_notebook_inputs_digest_follows_results_and_parameters(quick_suite, tmp_path):
+    root, parameters = quick_suite
+    results = tmp_path / "results.json"
+    results.write_text((Path(parameters["sweep_dir"]) / "results.json").read_text())
+    source = NOTEBOOK_DIR / "02_training.ipynb"
+    digest = suite.inputs_digest([source, results], parameters)
+    assert suite.inputs_digest([source, results], dict(parameters)) == digest
+    assert suite.inputs_digest([source, results], {**parameters, "quick": False}) != digest
+    results.write_text(results.read_text().replace("bottleneck", "self_attention", 1))
+    assert suite.inputs_digest([source, results], parameters) != digest
+
+
+def test_workspace_inputs_reuse_the_suite_workspace(quick_suite, monkeypatch, tmp_path):
+    root, parameters = quick_suite
+    monkeypatch.setenv(suite.WORKSPACE_ENV, str(root))
+    assert suite.default_workspace() == root and suite.default_workspace(quick=True) == root / "quick"
+    assert suite.workspace_inputs(root, quick=True, progress=False) == (root / "data", root / "sweep")
+    assert suite.workspace_inputs(None, sweep_dir=root / "sweep") == (None, root / "sweep")
+    assert suite.workspace_inputs(tmp_path, data_dir=root / "data", sweep=False) == (root / "data", None)
+    assert not (tmp_path / "data").exists()  # given data is never copied or regenerated
+
+
+def test_settings_that_build_one_model_share_a_run(quick_suite, tmp_path):
+    """Late fusion is one model for bottleneck and cross-attention (not for self-attention, which shares its
+    weights across modalities); B changes nothing without fusion tokens. The sweep trains each model once and
+    records every setting asked for."""
+    import jax
+    import numpy as np
+
+    from mbt_core.config import MBTConfig
+    from mbt_core.experiment import model_key, sweep
+    from mbt_core.model.model import MBT, dummy_inputs
+    from mbt_core.recipes import load_run_config
+
+    micro = MBTConfig.preset("micro", num_classes=3)
+    late = micro.num_layers
+    x = dummy_inputs(micro, 2)
+    x = {k: v + jax.random.normal(jax.random.PRNGKey(1), v.shape) for k, v in x.items()}
+
+    def logits(**fields):  # every layer's tokens (the head starts at zero, so logits alone would all agree)
+        model = MBT(micro.replace(**fields))
+        _, state = model.apply(model.init(jax.random.PRNGKey(0), x, train=False), x, train=False,
+                               mutable=["intermediates"])
+        return np.concatenate([np.ravel(v) for v in jax.tree_util.tree_leaves(state["intermediates"])])
+
+    np.testing.assert_array_equal(logits(fusion="bottleneck", fusion_layer=late, num_bottlenecks=1),
+                                  logits(fusion="cross_attention", fusion_layer=late, num_bottlenecks=4))
+    assert not np.allclose(logits(fusion="bottleneck", fusion_layer=late),
+                           logits(fusion="self_attention", fusion_layer=late))
+    np.testing.assert_array_equal(logits(fusion="self_attention", fusion_layer=1, num_bottlenecks=1),
+                                  logits(fusion="self_attention", fusion_layer=1, num_bottlenecks=4))
+
+    root, parameters = quick_suite
+    base = load_run_config("synthetic-tiny", ["model.preset='micro'", "train.steps=2", "train.batch_size=4",
+                                              "train.checkpoint_every=2"]).replace(data={"dir": parameters["data_dir"]})
+    settings = [("bottleneck", late, 1), ("cross_attention", late, 1), ("self_attention", late, 1),
+                ("self_attention", 1, 4), ("self_attention", 1, 1)]
+    rows = sweep(base, tmp_path / "sweep", settings, progress=False, parallel=2)
+    assert [(r["fusion"], r["fusion_layer"], r["num_bottlenecks"]) for r in rows] == settings
+    assert len({r["run_dir"] for r in rows}) == len({model_key(base.replace(model=dict(zip(
+        ("fusion", "fusion_layer", "num_bottlenecks"), s)))) for s in settings}) == 3
+    assert rows[0]["run_dir"] == rows[1]["run_dir"] and rows[3]["run_dir"] == rows[4]["run_dir"]
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == [
+        "bottleneck-lf2-b1", "self_attention-lf1-b4", "self_attention-lf2-b1"]

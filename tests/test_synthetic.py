@@ -38,6 +38,10 @@ VISUAL = ("circle_warm", "square_present")
 AUDIO = ("low_hum", "high_hum")
 PAIRS = {"circle_warm_xor_high_hum": ("circle_warm", "high_hum"),
          "square_present_xor_low_hum": ("square_present", "low_hum")}
+BINDINGS = {"circle_warm_xor_high_hum_and_square_present_xor_low_hum": (("circle_warm", "high_hum"),
+                                                                        ("square_present", "low_hum")),
+            "circle_warm_xor_low_hum_and_square_present_xor_high_hum": (("circle_warm", "low_hum"),
+                                                                        ("square_present", "high_hum"))}
 
 
 def expected_labels(row):
@@ -48,6 +52,9 @@ def expected_labels(row):
         labels.add("circle_warm_xor_high_hum")
     if on["square_present"] != on["low_hum"]:
         labels.add("square_present_xor_low_hum")
+    for name, pairs in BINDINGS.items():
+        if all(on[a] != on[b] for a, b in pairs):
+            labels.add(name)
     return labels
 
 
@@ -65,14 +72,14 @@ def small(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def decoded(tmp_path_factory):
-    """96 clips written by two worker processes, each decoded as the `tiny` preset sees it."""
+    """96 clips written by two worker processes, each decoded as the suite's model (`tiny-48`) sees it."""
     out = tmp_path_factory.mktemp("synth96")
     result = synth.generate(out, num_clips=96, seed=0, workers=2, progress=False)
     records, classes = read_manifest(result.manifest, list(result.classes))
-    config = MBTConfig.preset("tiny")
+    config = MBTConfig.preset("tiny-48")
     views = [tokenise(out / r.video, config) for r in records]
     return {"result": result, "records": records, "classes": classes, "rows": attribute_rows(out),
-            "frames": np.stack([(v.frames + 1.0) * 127.5 for v in views]),  # (N, 16, 24, 24, 3) in [0, 255]
+            "frames": np.stack([(v.frames + 1.0) * 127.5 for v in views]),  # (N, 16, 48, 48, 3) in [0, 255]
             "spec": np.stack([v.spectrogram for v in views]), "times": views[0].frame_times}
 
 
@@ -112,20 +119,36 @@ def test_attribute_rates_are_exactly_half_and_pairing_labels_independent_of_each
                 assert y[on[name]].sum() * len(part) == y.sum() * on[name].sum(), (split, label, name)
 
 
-def test_full_blocks_are_full_factorials():
+def test_full_blocks_are_full_factorials_where_binding_labels_are_a_quarter_whatever_one_modality_shows():
     rows = synth.plan(320, seed=1)  # splits of 256, 32 and 32 clips: whole blocks of 2^5
     for split in ("train", "val", "test"):
-        bits = np.array([[r[k] for k in synth.ATTRIBUTES] for r in rows if r["split"] == split])
+        part = [r for r in rows if r["split"] == split]
+        bits = np.array([[r[k] for k in synth.ATTRIBUTES] for r in part])
         combos = np.unique(bits, axis=0, return_counts=True)[1]
         assert len(combos) == 32 and (combos == len(bits) // 32).all()
+        on = {k: np.array([r[k] for r in part]) for k in synth.ATTRIBUTES}
+        for name, pairs in BINDINGS.items():
+            y = np.logical_and.reduce([on[a] ^ on[b] for a, b in pairs])
+            assert y.sum() * 4 == len(part), (split, name)
+            for modality in (VISUAL, AUDIO):  # P(label | both attributes of one modality) = 1/4, exactly
+                for values in ((0, 0), (0, 1), (1, 0), (1, 1)):
+                    given = (on[modality[0]] == values[0]) & (on[modality[1]] == values[1])
+                    assert y[given].sum() * 4 == given.sum(), (split, name, modality, values)
 
 
 def test_every_class_has_positives_and_negatives_in_every_split(small):
     records, classes = read_manifest(small.manifest, list(small.classes))
+    kinds = synth.class_kinds()
     for split in ("train", "val", "test"):
         part = [r for r in records if r.split == split]
         counts = np.bincount([i for r in part for i in r.labels], minlength=len(classes))
+        # A binding class (rate 1/4) may have no positive in a 4-clip split: the default sizes have plenty.
+        counts = np.array([c for c, name in zip(counts, classes) if kinds[name] != "binding"])
         assert (counts > 0).all() and (counts < len(part)).all(), (split, counts)
+    for split in ("train", "val", "test"):
+        part = [r for r in synth.plan(2000, seed=11) if r["split"] == split]
+        for name in synth.class_kinds("binding"):
+            assert 0.2 < np.mean([synth.class_value(name, r) for r in part]) < 0.3, (split, name)
 
 
 def test_plan_is_deterministic_by_seed_and_differs_across_seeds():
@@ -137,10 +160,10 @@ def test_plan_is_deterministic_by_seed_and_differs_across_seeds():
 
 def slot_indicators(rows, column):
     """(N, slots) 1 where an event of `column` starts in that slot."""
-    out = np.zeros((len(rows), 10))
+    out = np.zeros((len(rows), media.SLOTS))
     for i, row in enumerate(rows):
-        for t in row[column].split(";"):
-            out[i, int(float(t) // media.SLOT_SECONDS)] = 1.0
+        for t in filter(None, row[column].split(";")):
+            out[i, int(float(t) // media.slot_seconds(4.0))] = 1.0
     return out
 
 
@@ -163,6 +186,13 @@ def test_linear_models_on_one_modalitys_attributes_stay_at_the_positive_rate():
             assert abs(held_out_ap(features, y) - rate) < 0.1, label
         product = (2 * column[a] - 1) * (2 * column[b] - 1)
         assert held_out_ap(np.c_[visual, sound, product], y) > 0.99, label
+    for label, pairs in BINDINGS.items():  # two facts of each modality: linear models stay at 1/4
+        y = np.logical_and.reduce([column[a] != column[b] for a, b in pairs]).astype(int)
+        rate = y[~train].mean()
+        for features in (visual, sound, np.hstack([visual, sound])):
+            assert abs(held_out_ap(features, y) - rate) < 0.1, label
+        both = np.prod([(2 * column[a] - 1) * (2 * column[b] - 1) < 0 for a, b in pairs], axis=0)
+        assert held_out_ap(np.c_[visual, sound, both], y) > 0.99, label
 
     # Synchrony: beep slots (audio) or pulse slots (visual) alone say nothing; their overlap says all.
     y = np.array([r["circle_is_sound_source"] for r in rows], int)
@@ -184,7 +214,7 @@ def twin_views(tmp_path, flip, count=2, seed=7):
                      **media.sample_scene(attributes, np.random.default_rng([seed, 1, i]), 4.0, 0.1)}
             path = tmp_path / f"{flip}_{i}_{j}.mp4"
             synth.write_clip((str(path), scene, 64, 4.0, "twin"))
-            views.append((scene, tokenise(path, MBTConfig.preset("tiny"))))
+            views.append((scene, tokenise(path, MBTConfig.preset("tiny-48"))))
     return views
 
 
@@ -214,7 +244,10 @@ def test_one_modality_alone_cannot_tell_a_pairing_label(tmp_path, flip, label, s
 def test_decoded_media_features_carry_their_modalitys_attributes_and_the_product_solves_pairing(decoded):
     rows, frames, spec = decoded["rows"], decoded["frames"], decoded["spec"]
     on = {k: np.array([int(r[k]) for r in rows]) for k in (*VISUAL, *AUDIO)}
-    colour = frames.mean((2, 3)).reshape(len(rows), -1)  # mean colour of each of the 16 frames
+    # Mean colour and bright-grey area of each of the 16 frames (the square is grey, the background dark,
+    # the circle saturated even when it pulses).
+    grey = ((frames.min(-1) > 120) & (frames.max(-1) - frames.min(-1) < 40)).mean((2, 3))
+    colour = np.c_[frames.mean((2, 3)).reshape(len(rows), -1), grey]
     bands = spec.mean(1)  # mean log-mel energy of each of the 32 bands
     for name in VISUAL:
         assert out_of_fold_ap(colour, on[name]) > 0.9, name
@@ -271,9 +304,8 @@ def test_pulse_synchrony_is_visible_in_the_tokenised_view(decoded):
     frames, spec, times = decoded["frames"], decoded["spec"], decoded["times"]
     area = ((frames.max(-1) - frames.min(-1)) > 80).sum((2, 3)).astype(float)  # circle grows when it pulses
     beep = spec[:, :, 23]
-    # A beep that started within the pulse length before each sampled frame.
-    recent = np.stack([[b[max(0, int(round((t - 0.3) * 100))):int(round((t + 0.05) * 100)) + 1].max()
-                        for t in times] for b in beep])
+    # The beep's loudness at each sampled frame (log-mel frames every 10 ms).
+    recent = np.stack([[b[max(0, int(round(t * 100)) - 5):int(round(t * 100)) + 6].max() for t in times] for b in beep])
     a, b = area - area.mean(1, keepdims=True), recent - recent.mean(1, keepdims=True)
     sync = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-9)
     y = np.array([int(r["circle_is_sound_source"]) for r in decoded["rows"]])
@@ -281,8 +313,9 @@ def test_pulse_synchrony_is_visible_in_the_tokenised_view(decoded):
 
 
 def test_shapes_are_large_and_stay_inside_the_tiny_centre_crop():
-    short = round(24 * 256 / 224)  # the tokeniser's resize of the short side for image_size 24
-    lo, hi = ((short - 24) // 2) / short, ((short - 24) // 2 + 24) / short
+    size = MBTConfig.preset("tiny-48").image_size
+    short = round(size * 256 / 224)  # the tokeniser's resize of the short side
+    lo, hi = ((short - size) // 2) / short, ((short - size) // 2 + size) / short
     for row in synth.plan(2000, seed=2, difficulty=1.0):
         for shape, half in (("circle", row["circle_radius"]), ("square", row["square_half"])):
             assert 2 * half >= 0.25  # at least a quarter of the frame across
@@ -308,7 +341,7 @@ def test_generated_card_parses_and_lists_each_class_once(small):
     assert card["classes"] == list(small.classes) == [name for name, _ in table]
     assert dict(table) == card["class_kinds"]
     assert all(re.fullmatch(r"[a-z]+(_[a-z]+)*", name) for name in card["classes"])
-    assert set(card["class_kinds"].values()) == {"audio", "visual", "pairing", "pairing_temporal"}
+    assert set(card["class_kinds"].values()) == {"audio", "visual", "pairing", "binding", "pairing_temporal"}
     assert (card["label_type"], card["metric"], card["fps"], card["clip_seconds"], card["seed"]) == (
         "multi_label", "mAP", 25, 4.0, 5)
     assert {s: v["clips"] for s, v in card["splits"].items()} == {
@@ -326,7 +359,8 @@ def test_static_card_is_the_default_generated_card():
             "licence", "source", "citation", "availability")
     assert [k for k in keys if k not in card] == []
     assert [s for s in SECTIONS if len(card["sections"].get(s, "")) < 100] == []
-    assert "700" in card["sections"]["Intended uses"]  # the temporal class is documented as a long-run class
+    uses = card["sections"]["Intended uses"]  # the measured grid: which variants learn each kind
+    assert all(f"`{kind}`" in uses for kind in synth.KINDS)
 
 
 def test_kinds_select_the_classes(tmp_path):

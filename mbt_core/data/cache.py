@@ -220,7 +220,7 @@ def build_cache(records: Sequence[ClipRecord], config: MBTConfig, root: str | Pa
     todo = [n for n in range(len(shards)) if not done(n)]
     remaining = sum(len(shards[n]) for n in todo)
     bar = tqdm(total=len(records), initial=len(records) - remaining, desc=f"tokenise {name}", unit="clip",
-               disable=not progress)
+               disable=not progress, leave=None)  # kept only when not nested in another bar
     pool = CrashSafePool(workers, limit_threads) if workers > 1 and remaining > MIN_POOL_CLIPS else None
     try:
         for n in todo:

@@ -8,8 +8,10 @@ true in exactly half of every split, make the multi-label classes:
 - `visual`: the circle is warm-coloured (red to yellow, else cyan to blue) / a square is present;
 - `pairing`: `a_xor_b` of an audio and a visual attribute, so that P(label | one modality) = 1/2 and
   late fusion (a sum of per-modality logits) cannot beat the positive rate;
-- `pairing_temporal`: the circle is the sound source: its pulses coincide with the beeps (else they
-  fall in other slots; the square's never do). Beeps and pulses are in every clip: only synchrony decides.
+- `binding`: two pairings at once, `(a_xor_b)_and_(c_xor_d)`: two facts of each modality must meet the
+  other's (the circle's colour and the square's presence against both hums), so two bits cross, not one;
+- `pairing_temporal`: the circle is the sound source: its pulse falls in the beep's one-second slot (else
+  in another; the square's never does). Beeps and pulses are in every clip: only synchrony decides.
 
 `generate` writes `clips/*.mp4`, `manifest.csv` (read by `read_manifest`), `attributes.csv` (every
 latent value of every clip) and `data_card.md` (the card `data_cards/synthetic.md` with this run's
@@ -39,16 +41,22 @@ from mbt_core.atomic_files import part_path, replaced, write_text
 from mbt_core.media.video_writer import write_video
 from mbt_core.worker_processes import worker_start
 
-KINDS = ("audio", "visual", "pairing", "pairing_temporal")
+KINDS = ("audio", "visual", "pairing", "binding", "pairing_temporal")
 CLASSES = (("low_hum", "audio"), ("high_hum", "audio"), ("circle_warm", "visual"),
            ("square_present", "visual"), ("circle_warm_xor_high_hum", "pairing"),
-           ("square_present_xor_low_hum", "pairing"), ("circle_is_sound_source", "pairing_temporal"))
+           ("square_present_xor_low_hum", "pairing"),
+           ("circle_warm_xor_high_hum_and_square_present_xor_low_hum", "binding"),
+           ("circle_warm_xor_low_hum_and_square_present_xor_high_hum", "binding"),
+           ("circle_is_sound_source", "pairing_temporal"))
 ATTRIBUTES = ("circle_warm", "high_hum", "square_present", "low_hum", "circle_is_sound_source")
 # Balanced design: in each block of 2^5 clips of a split, row i (bits b0..b4) sets attribute j to the
 # XOR of the bits in column j. Every attribute contains b0, so it is true in exactly one clip of every
 # aligned pair; each pairing label (circle_warm ^ high_hum = b1, square_present ^ low_hum = b1^b2^b3)
 # lacks b0, so it is constant on each pair and exactly independent of every attribute, and contains
-# b1, so it is true in exactly half of every aligned four. A full block is the full factorial.
+# b1, so it is true in exactly half of every aligned four. A full block is the full factorial. Each binding
+# label is the AND of two such XORs whose bit sums are linearly independent of either modality's bits
+# (b1 and b1^b2^b3; b1^b3 and b1^b2), so it is true in a quarter of every full block whatever one
+# modality shows.
 DESIGN = np.array([[1, 1, 1, 1, 1],
                    [0, 1, 0, 1, 0],
                    [0, 0, 1, 0, 0],
@@ -56,7 +64,7 @@ DESIGN = np.array([[1, 1, 1, 1, 1],
                    [0, 0, 0, 0, 1]], np.int64)
 SPLITS = ("train", "val", "test")
 HELD_OUT_FRACTION = 0.1  # each of val and test
-FORMAT_VERSION = 1  # bump when the rendering changes: clips of another version are rewritten
+FORMAT_VERSION = 2  # bump when the rendering changes: clips of another version are rewritten
 # Encoder settings chosen for speed (about 14 + 11 ms per clip) at no visible loss on flat shapes and tones.
 VIDEO_CODEC, VIDEO_OPTIONS = "libx264", {"crf": "20", "preset": "veryfast"}
 AUDIO_OPTIONS, AUDIO_BIT_RATE = {"aac_coder": "fast"}, 48000
@@ -86,7 +94,10 @@ def class_kinds(kinds: Iterable[str] = KINDS) -> dict[str, str]:
 
 
 def class_value(name: str, attributes: Mapping[str, Any]) -> bool:
-    """Whether class `name` is present in a clip with these latent attributes."""
+    """Whether class `name` is present in a clip with these latent attributes: the name is the rule
+    (`a_xor_b`, `a_xor_b_and_c_xor_d`, or an attribute)."""
+    if "_and_" in name:
+        return all(class_value(part, attributes) for part in name.split("_and_"))
     if "_xor_" in name:
         a, b = name.split("_xor_")
         return bool(attributes[a]) != bool(attributes[b])
@@ -233,7 +244,7 @@ def generate(out_dir: str | os.PathLike, num_clips: int = 2000, seed: int = 0, c
     jobs = [(str(p), row, size, clip_seconds, tag) for p, row, tag in zip(paths, rows, tags)
             if not clip_is_valid(p, tag)]
     with tqdm(total=num_clips, initial=num_clips - len(jobs), desc="mbt synth", unit="clip",
-              disable=not progress) as bar:
+              disable=not progress, leave=None) as bar:  # kept only when not nested in another bar
         try:
             if workers > 1 and len(jobs) > 1:
                 # spawn: forking a process that has imported JAX can deadlock.

@@ -2,10 +2,11 @@
 
 A scene is a flat dict (one row of `attributes.csv`): the binary attributes that labels are made of,
 plus every nuisance value (positions, motion, colours, loudness, event times, noise seed), so that
-`render_frames` and `render_audio` are pure functions of it. The choices serve the `tiny` preset's
-view (16 frames of 24x24 cropped from a 27-pixel short side, 400 x 32 log-mel up to 8 kHz):
-tones sit on far-apart mel bins, colours keep their hue after resizing, shapes span about a third of
-the frame and stay inside the centre crop, and every pulse covers at least one sampled frame.
+`render_frames` and `render_audio` are pure functions of it. The choices serve the suite's `tiny-48`
+view (16 frames of 48x48 cropped from a 55-pixel short side, in 4-frame tubelets: one token column per
+second; 400 x 32 log-mel up to 8 kHz): tones sit on far-apart mel bins, colours keep their hue after
+resizing, shapes span about a third of the frame and stay inside the centre crop, and beeps and pulses
+last long enough to fill several tokens of each modality.
 """
 from __future__ import annotations
 
@@ -23,13 +24,15 @@ LOW_HUM_HZ = 280.0
 DISTRACTOR_HUM_HZ = 640.0
 HIGH_HUM_HZ = 1200.0
 BEEP_HZ = 3440.0
-# Events (beeps, pulses) start in distinct slots; the tiny preset samples a frame every 0.24-0.28 s,
-# so a 0.3 s pulse is always seen, and slots of 0.4 s keep events of different sets apart.
-SLOT_SECONDS = 0.4
-EVENT_JITTER = 0.1
-PULSE_SECONDS = 0.3
-BEEP_SECONDS = 0.2
-MAX_EVENTS = 3
+# Events fall in one half of the clip or the other (two slots): the beep in one, the circle's pulse in
+# the same half when it is the sound source, else in the other; the square's pulse in either. Both last
+# three quarters of their half (3 s of a 4 s clip: six sampled frames, nine spectrogram patches), so the
+# coincidence is a dense signal: short events (0.2-0.5 s beeps and pulses in 0.4-2 s slots, the first
+# designs) were learnt by no variant in a CPU run.
+SLOTS = 2
+EVENT_FRACTION = 0.75  # of a slot: how long a beep or a pulse lasts
+START_FRACTION = 0.2  # of a slot: how late in it an event may start (it ends before the slot does)
+MIN_SLOT_SECONDS = 0.6
 PULSE_SCALE = 1.2  # a pulsing shape grows by this factor and turns 35 % towards white
 PULSE_WHITEN = 0.35
 # Hue ranges in degrees: warm = red to yellow, cool = cyan to blue; `difficulty` widens both by up to
@@ -45,18 +48,22 @@ DOT_RADIUS = 0.05
 MAX_DRIFT = (0.015, 0.08)  # (x, y) amplitude of the slow sinusoidal drift
 
 
-def num_slots(clip_seconds: float) -> int:
-    """Event slots in a clip; three disjoint sets of events need at least three."""
-    slots = int(math.floor(clip_seconds / SLOT_SECONDS + 1e-9))
-    if slots < 3:
-        raise ValueError(f"clip_seconds {clip_seconds} is too short: events need >= {3 * SLOT_SECONDS} s")
-    return slots
+def slot_seconds(clip_seconds: float) -> float:
+    """The length of one event slot (half the clip)."""
+    half = clip_seconds / SLOTS
+    if half < MIN_SLOT_SECONDS:
+        raise ValueError(f"clip_seconds {clip_seconds} is too short: events need >= {SLOTS * MIN_SLOT_SECONDS} s")
+    return half
 
 
-def _event_times(rng: np.random.Generator, slots: np.ndarray) -> str:
-    """Start times (s, ms precision) of one event per slot, as a `;`-separated string."""
-    starts = sorted(round(float(s * SLOT_SECONDS + rng.uniform(0.0, EVENT_JITTER)), 3) for s in slots)
-    return ";".join(f"{t:.3f}" for t in starts)
+def event_seconds(clip_seconds: float) -> float:
+    """How long a beep or a pulse lasts in a clip of this length."""
+    return EVENT_FRACTION * slot_seconds(clip_seconds)
+
+
+def _event_time(rng: np.random.Generator, slot: int, half: float) -> str:
+    """The start time (s, ms precision) of one event early in its slot, as text (the `;`-list format)."""
+    return f"{round(float((slot + rng.uniform(0.0, START_FRACTION)) * half), 3):.3f}"
 
 
 def _motion(rng: np.random.Generator, prefix: str, x: float) -> dict[str, float]:
@@ -74,11 +81,13 @@ def sample_scene(attributes: Mapping[str, bool], rng: np.random.Generator, clip_
     widen = HUE_WIDENING * difficulty
     lo, hi = WARM_HUES if attributes["circle_warm"] else COOL_HUES
     circle_left = bool(rng.integers(2))
-    # Three disjoint, exchangeable sets of event slots: the beeps sound at the first; the circle pulses
-    # at the first when it is the sound source and at the second otherwise; the square at the third.
-    # So the circle's (and the square's) pulse times have one distribution whatever the label.
-    slots, k = rng.permutation(num_slots(clip_seconds)), min(MAX_EVENTS, num_slots(clip_seconds) // 3)
-    beeps, other, square = (_event_times(rng, slots[i * k:(i + 1) * k]) for i in range(3))
+    # The beep in a random half; the circle pulses with it when it is the sound source, else at a time drawn
+    # alike in the other half (drawn either way, so the label changes no other value); with probability
+    # `difficulty` the square pulses too, in either half (a distractor that asks which shape pulsed). The
+    # circle's pulse times have one distribution whatever the label.
+    half, beep_slot = slot_seconds(clip_seconds), int(rng.integers(SLOTS))
+    beeps, other = _event_time(rng, beep_slot, half), _event_time(rng, 1 - beep_slot, half)
+    square = _event_time(rng, int(rng.integers(SLOTS)), half) if rng.random() < difficulty else ""
     scene = {name: bool(value) for name, value in attributes.items()}
     scene.update(
         circle_hue=round(rng.uniform(lo - widen, hi + widen) % 360.0, 2),
@@ -149,7 +158,7 @@ def render_frames(scene: Mapping[str, Any], size: int, clip_seconds: float) -> n
         region += alpha * (colour.astype(np.float32)[:, None, None, :] - region)
 
     def pulsed(prefix: str) -> tuple[np.ndarray, np.ndarray]:
-        on = _active(t, scene[f"{prefix}_pulse_times"], PULSE_SECONDS)
+        on = _active(t, scene[f"{prefix}_pulse_times"], event_seconds(clip_seconds))
         base = _rgb(scene[f"{prefix}_hue"], scene[f"{prefix}_saturation"], scene[f"{prefix}_value"])
         colour = base + (255.0 - base) * (PULSE_WHITEN * on)[:, None]
         return 1.0 + (PULSE_SCALE - 1.0) * on, colour
@@ -186,6 +195,7 @@ def render_audio(scene: Mapping[str, Any], clip_seconds: float) -> np.ndarray:
             (scene["high_hum"], HIGH_HUM_HZ, scene["high_hum_gain"]),
             (scene["distractor_hum"], DISTRACTOR_HUM_HZ, scene["distractor_gain"])]
     y = sum(gain * np.sin(2 * math.pi * hz * t) for on, hz, gain in hums if on) * tremolo * fade
-    y = y + scene["beep_gain"] * _ramped(t, scene["beep_times"], BEEP_SECONDS) * np.sin(2 * math.pi * BEEP_HZ * t)
+    beep = _ramped(t, scene["beep_times"], event_seconds(clip_seconds)) * np.sin(2 * math.pi * BEEP_HZ * t)
+    y = y + scene["beep_gain"] * beep
     y = y + np.random.default_rng(scene["noise_seed"] + 1).normal(0.0, scene["audio_noise"], len(t))
     return np.clip(y, -1.0, 1.0).astype(np.float32)

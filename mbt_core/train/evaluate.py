@@ -28,13 +28,15 @@ def predict(config: MBTConfig, params: Any, split: CachedSplit, batch_size: int 
     out: dict[str, list[np.ndarray]] = {}
     for begin in range(0, len(split), batch_size):
         idx = range(begin, min(begin + batch_size, len(split)))
+        # The last batch is padded with its last clip to the full size: one compiled shape for every batch.
+        padded = [*idx, *[idx[-1]] * (min(batch_size, len(split)) - len(idx))]
         total: dict[str, Any] = {}
         for v in range(views):
-            examples = [split.example(i, v) for i in idx]
+            examples = [split.example(i, v) for i in padded]
             inputs = {m: jnp.asarray(np.stack([e[m] for e in examples])) for m in modalities}
             logits, aux = forward(params, inputs)
             got = {"fused": logits, **aux["per_modality"]}
-            total = {k: total.get(k, 0) + np.asarray(x) / views for k, x in got.items()}
+            total = {k: total.get(k, 0) + np.asarray(x)[:len(idx)] / views for k, x in got.items()}
         for key, value in total.items():
             out.setdefault(key, []).append(value)
     return {k: np.concatenate(v) for k, v in out.items()}

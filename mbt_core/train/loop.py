@@ -215,7 +215,7 @@ def train_and_evaluate(run: RunConfig, workdir: str | Path, data: TrainData, *, 
     step_fn = jax.jit(make_train_step(run, tx, data.label_type), donate_argnums=0)
     validate = data.validate if cfg.eval_every else None
     start = int(state.step)
-    bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not progress, unit="step")
+    bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not progress, unit="step", leave=None)
     with MetricsLog(out) as log, stop_requests() as stop:
         for step in range(start, cfg.steps):
             if stop.signum is not None:
