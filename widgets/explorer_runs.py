@@ -8,6 +8,7 @@ picks (`overlay.frame_triptych`). `sweep_overlays` precomputes entries for every
 """
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -82,7 +83,7 @@ def train_setting(sweep_dir: str | Path, fusion: str, fusion_layer: int, num_bot
 
 def _relative(path: str | Path, start: Path) -> str:
     """`path` relative to `start` when it lies below it, else its last two parts (never this machine's absolute path)."""
-    path = Path(path).absolute()
+    path = Path(os.path.abspath(path))  # normalised: no '..' left
     try:
         return path.relative_to(start).as_posix() or "."
     except ValueError:

@@ -64,6 +64,10 @@ def find_run(results: Sequence[Mapping[str, Any]], config: MBTConfig) -> tuple[M
             return row, ""
     if same and not config.has_fusion_tokens:
         return same[0], f"B does not change this model; the sweep ran it with B = {same[0]['num_bottlenecks']}"
+    late = [r for r in results if r["fusion_layer"] == r["num_layers"] == config.num_layers]
+    if config.fusion_layer == config.num_layers and late:  # no fused layer: every strategy is the same model
+        return late[0], (f"at L_f = L every fusion is late fusion; the sweep ran it as {late[0]['fusion']} "
+                         f"with B = {late[0]['num_bottlenecks']}")
     depths = sorted({r["num_layers"] for r in results})
     if depths and config.num_layers not in depths:
         return None, f"{NOT_IN_SWEEP} (its models have L = {depths}, this config L = {config.num_layers})"

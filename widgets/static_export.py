@@ -71,7 +71,7 @@ def _title(state: Mapping[str, Any], fusion: str, b: int, lf: int) -> str:
     if state["mAP_by_kind"]:
         score += " (" + ", ".join(f"{html.escape(k)} {v:.3f}" for k, v in state["mAP_by_kind"].items()) + ")"
     note = f" [{html.escape(state['run_note'])}]" if state["run_note"] else ""
-    b_text = f", B = {b}" if fusion == "bottleneck" else f" [{html.escape(state['b_note'])}]"
+    b_text = f", B = {b}" if fusion == "bottleneck" else f"</b><br><i>{html.escape(state['b_note'])}</i><b>"
     paper = f"<br>paper ViT-B/16 ({ref['name']}), same setting: {cost(ref['gflops'])}" if ref else ""
     return (f"<b>{fusion.replace('_', ' ')} fusion, L_f = {lf} of {cfg.num_layers}{b_text}</b><br>"
             f"GFLOPs per clip, this model ({model_name(cfg)}): {cost(state['gflops'])}{paper}<br>{score}{note}")
@@ -121,11 +121,9 @@ def _png_uri(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(encode_png(image)).decode()
 
 
-_BLANK = np.full((8, 8, 3), 255, np.uint8)
-
 
 def _frame_traces(state: Mapping[str, Any], names: list[str], map_curve: list[float | None], lf: int,
-                  picture: np.ndarray | None, missing: str) -> list[Any]:
+                  picture: np.ndarray | None, missing: str, size: tuple[int, int], score_middle: float) -> list[Any]:
     """All traces of one setting, in a fixed order: masks and their notes, GFLOPs of this model and of the
     paper's, the mAP curve, mark and note, the overlay and its note."""
     xs = list(range(len(map_curve)))
@@ -134,11 +132,11 @@ def _frame_traces(state: Mapping[str, Any], names: list[str], map_curve: list[fl
     score_mark = go.Scatter(x=[lf] if state["mAP"] is not None else [], y=[state["mAP"]] if state["mAP"] is not None
                             else [], mode="markers", showlegend=False,
                             marker=dict(size=13, symbol="circle-open", color="black", line=dict(width=2)))
-    score_note = _note("" if state["mAP"] is not None else missing, len(xs) / 2 - 0.5, 0.5)
-    image = _BLANK if picture is None else picture
+    score_note = _note("" if state["mAP"] is not None else missing.split("<br>")[0], (len(xs) - 1) / 2,
+                       score_middle)
+    image = np.full((*size, 3), 255, np.uint8) if picture is None else picture
     overlay = go.Image(source=_png_uri(image), hoverinfo="skip")
-    overlay_note = _note("" if picture is not None else missing, image.shape[1] / 2,
-                         image.shape[0] / 2)
+    overlay_note = _note("" if picture is not None else missing, size[1] / 2, size[0] / 2)
     paper = _cost_traces(ref, ref["config"].fusion_layer, "paper ViT-B/16") if ref else []
     return [*_mask_traces(state, names), *_cost_traces(state, lf, "this model"), *paper,
             score, score_mark, score_note, overlay, overlay_note]
@@ -172,7 +170,8 @@ def _missing_note(state: Mapping[str, Any], rows: Sequence[Mapping[str, Any]] | 
         return html.escape(state["run_note"])
     command = add_command(sweep_dir, rows, (cfg.fusion, cfg.fusion_layer, cfg.num_bottlenecks))
     return "<br>".join([f"{NOT_IN_SWEEP}: train it with the live explorer's button (notebook 05),",
-                        "or run in the folder holding the sweep:", html.escape(command)])
+                        "or run in the folder holding the sweep:",
+                        *(html.escape(part) for part in command.replace(" --", "\n  --").splitlines())])
 
 
 Overlays = Mapping[tuple, Any] | Callable[[str, int, int, Any], Any] | None
@@ -198,22 +197,26 @@ def explorer_figure(config: MBTConfig | None = None,
         "layers below L_f (unimodal)", "layers from L_f on (fused)", "GFLOPs per clip: this model",
         "GFLOPs per clip: paper ViT-B/16, same fusion, L_f, B", "mAP against L_f (sweep)",
         f"rollout overlay, clip {html.escape(str(clip))}: frame | map | blend"))
-    frames, costs, ref_costs, scores = [], [], [], []
+    settings = []  # (fusion, B, L_f, state, mAP curve, overlay picture)
     for fusion in FUSIONS:
         for b in (bottlenecks if fusion == "bottleneck" else [b0]):
             states = [explorer_state(config, fusion, lf, b, rows, max_tokens=0) for lf in range(layers + 1)]
-            map_curve = [s["mAP"] for s in states]
-            scores += map_curve
             for lf, state in enumerate(states):
-                costs += [v for c in state["gflops_curve"].values() for v in c]
-                ref_costs += [v for c in (state["reference"] or {}).get("gflops_curve", {}).values() for v in c]
                 run = state["run"]
                 entry = (source(run["fusion"], run["fusion_layer"], run["num_bottlenecks"], clip)
                          if run is not None and source is not None else None)
-                picture = None if entry is None else overlay_picture(entry, alpha)
-                traces = _frame_traces(state, names, map_curve, lf, picture, _missing_note(state, rows, sweep_dir))
-                frames.append(go.Frame(name=frame_name(fusion, b, lf), data=traces,
-                                       layout=go.Layout(title_text=_title(state, fusion, b, lf))))
+                settings.append((fusion, b, lf, state, [s["mAP"] for s in states],
+                                 None if entry is None else overlay_picture(entry, alpha)))
+    pictures = [p for *_, p in settings if p is not None]
+    size = tuple(np.max([p.shape[:2] for p in pictures], axis=0)) if pictures else (260, 736)
+    score_range = _span([v for *_, curve, _ in settings for v in curve]) if rows else [0, 1]
+    frames = [go.Frame(name=frame_name(fusion, b, lf), layout=go.Layout(title_text=_title(state, fusion, b, lf)),
+                       data=_frame_traces(state, names, curve, lf, picture, _missing_note(state, rows, sweep_dir),
+                                          size, sum(score_range) / 2))
+              for fusion, b, lf, state, curve, picture in settings]
+    costs = [v for *_, state, _, _ in settings for c in state["gflops_curve"].values() for v in c]
+    ref_costs = [v for *_, state, _, _ in settings for c in (state["reference"] or {}).get("gflops_curve", {}).values()
+                 for v in c]
     fig.frames = frames
     initial = next(f for f in frames if f.name == frame_name(config.fusion, b0, config.fusion_layer))
     has_ref = reference_cost(config) is not None
@@ -223,8 +226,10 @@ def explorer_figure(config: MBTConfig | None = None,
     for trace, (r, c) in zip(initial.data, cells):
         fig.add_trace(trace, row=r, col=c)
     for col in (1, 2):  # rows top to bottom, fixed: animation would otherwise reset an autorange
-        fig.update_yaxes(range=[len(names) - 0.5, -0.5], autorange=False, row=1, col=col)
-        fig.update_xaxes(range=[-0.5, len(names) - 0.5], autorange=False, row=1, col=col)
+        fig.update_yaxes(range=[len(names) - 0.5, -0.5], autorange=False, categoryorder="array",
+                         categoryarray=names, row=1, col=col)
+        fig.update_xaxes(range=[-0.5, len(names) - 0.5], autorange=False, categoryorder="array",
+                         categoryarray=names, row=1, col=col)
     fig.update_xaxes(title_text="L_f", dtick=1, range=[-0.3, layers + 0.3], row=2, col=1)
     fig.update_xaxes(title_text="L_f", dtick=1, row=3, col=1, range=[-0.3, layers + 0.3])
     fig.update_yaxes(title_text="GFLOPs", range=_span(costs), autorange=False, row=2, col=1)
@@ -232,9 +237,9 @@ def explorer_figure(config: MBTConfig | None = None,
         ref_layers = len(initial.data[7].x) - 1
         fig.update_xaxes(title_text="L_f", dtick=1, range=[-0.3, ref_layers + 0.3], row=2, col=2)
         fig.update_yaxes(title_text="GFLOPs", range=_span(ref_costs), autorange=False, row=2, col=2)
-    fig.update_yaxes(title_text="mAP", range=_span(scores) if rows else [0, 1], autorange=False, row=3, col=1)
-    fig.update_xaxes(visible=False, row=4, col=1)
-    fig.update_yaxes(visible=False, row=4, col=1)
+    fig.update_yaxes(title_text="mAP", range=score_range, autorange=False, row=3, col=1)
+    fig.update_xaxes(visible=False, range=[0, size[1]], autorange=False, row=4, col=1)
+    fig.update_yaxes(visible=False, range=[size[0], 0], autorange=False, row=4, col=1)
     key = " · ".join(f"<span style='color:rgb{tuple(int(c) for c in KIND_COLOURS[k])}'>■</span> {LINK_KINDS[k]}"
                      for k in range(1, len(LINK_KINDS)))
     fig.add_annotation(text=f"rows attend to columns: {key}", xref="paper", yref="paper", x=0.5, y=1.03,
