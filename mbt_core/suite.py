@@ -7,6 +7,7 @@ the suite resumes instead of starting over.
 from __future__ import annotations
 
 import html
+import os
 import time
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +18,7 @@ from mbt_core.package_files import shipped_dir
 
 NOTEBOOKS = ("01_tokenisation", "02_training", "03_per_class_ap", "04_attention_rollout", "05_fusion_explorer")
 NOTEBOOK_DIR = shipped_dir("notebooks")
+PATH_PARAMETERS = ("data_dir", "sweep_dir", "output_dir")  # notebook parameters that name folders
 
 
 def ensure_synthetic(data_dir: str | Path, quick: bool = False, seed: int = 11, num_clips: int | None = None,
@@ -104,15 +106,23 @@ def execute_notebooks(out_dir: str | Path, parameters: dict, names: Sequence[str
     import nbformat
     import papermill
     from nbconvert import HTMLExporter
+    from traitlets.config import Config
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Paths relative to the notebooks' folder (papermill runs there): pages name no folder of this machine.
+    relative = {k: os.path.relpath(v, out_dir) if k in PATH_PARAMETERS and v is not None else v
+                for k, v in parameters.items()}
     written = []
     for name in tqdm(names, desc="notebooks", disable=not progress):
         target = out_dir / f"{name}.ipynb"
+        # IPC transport: kernel and client share this machine, so nothing listens on TCP (ipykernel warns when
+        # it runs over TCP without encryption). No stored widget state: the page then shows each widget's
+        # kernel-free text/html stand-in instead of a widget renderer loaded from a CDN.
         papermill.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(target),
-                                   parameters={**parameters, "output_dir": str(out_dir / name)},
-                                   progress_bar=False, cwd=str(out_dir))
+                                   parameters={**relative, "output_dir": name},
+                                   progress_bar=False, cwd=str(out_dir), store_widget_state=False,
+                                   config=Config({"KernelManager": {"transport": "ipc"}}))
         body, _ = HTMLExporter().from_notebook_node(nbformat.read(target, as_version=4))
         (out_dir / f"{name}.html").write_text(body, encoding="utf-8")
         written.append(out_dir / f"{name}.html")
@@ -134,7 +144,7 @@ def write_index(out_dir: str | Path, pages: Sequence[Path], summary: dict) -> Pa
 
 def run_suite(out_dir: str | Path = "mbt_suite", quick: bool = False, progress: bool = True) -> Path:
     """The whole story on the embedded default: data, runs, sweep, notebooks, `index.html`."""
-    from mbt_core.run_dir import read_eval
+    from mbt_core.run_dir import read_eval, read_results
 
     out = Path(out_dir).absolute()
     start = time.monotonic()
@@ -144,9 +154,13 @@ def run_suite(out_dir: str | Path = "mbt_suite", quick: bool = False, progress: 
     params = {"quick": quick, "data_dir": str(data), "sweep_dir": str(sweep_dir)}
     pages = execute_notebooks(out / "notebooks", params, progress=progress)
     summary = {}
-    for name, run_dir in runs.items():
-        report = read_eval(run_dir)
+    roles = {path.resolve(): name for name, path in runs.items()}
+    for row in read_results(sweep_dir):  # every run of the sweep, the notebooks' three named
+        report = read_eval(row["run_dir"])
         kinds = ", ".join(f"{k} {v:.3f}" for k, v in report.get("mAP_by_kind", {}).items())
-        summary[name] = f"mAP {report['mAP']:.3f} ({kinds})"
+        role = roles.get(Path(row["run_dir"]).resolve())
+        label = (f"{row['fusion'].replace('_', ' ')}, L_f = {row['fusion_layer']}, B = {row['num_bottlenecks']}"
+                 + (f" ({role})" if role else ""))
+        summary[label] = f"mAP {report['mAP']:.3f} ({kinds})"
     summary["wall time"] = f"{time.monotonic() - start:.0f} s"
     return write_index(out, pages, summary)

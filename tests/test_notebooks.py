@@ -97,3 +97,24 @@ def test_a_moved_suite_opens_in_the_notebooks_and_widgets(quick_suite, tmp_path)
         assert explorer_html(None, moved / "sweep", tmp_path / "explorer.html").stat().st_size > 0
     finally:
         hidden.rename(root)
+
+
+def test_the_explorer_trains_a_missing_setting_into_the_sweep(quick_suite, tmp_path):
+    """The live explorer's button on a copy of the quick sweep: one more setting, trained as the sweep's runs."""
+    from mbt_core.run_dir import read_config, read_results
+    from widgets.fusion_explorer import FusionExplorer
+
+    root, _ = quick_suite
+    copy = tmp_path / "suite"
+    shutil.copytree(root / "data", copy / "data")
+    shutil.copytree(root / "sweep", copy / "sweep")
+    ex = FusionExplorer(results=copy / "sweep")
+    ex.fusion.value, ex.fusion_layer.value = "cross_attention", 1
+    assert ex.state["mAP"] is None and ex.train_button.layout.display == "flex"
+    ex.train_button.click()
+    rows = read_results(copy / "sweep")
+    assert len(rows) == 4 and ("cross_attention", 1, 4) in {(r["fusion"], r["fusion_layer"], r["num_bottlenecks"])
+                                                            for r in rows}
+    assert ex.state["mAP"] is not None and ex.train_button.layout.display == "none"
+    trained, reference = read_config(copy / "sweep" / "cross_attention-lf1-b4"), read_config(rows[0]["run_dir"])
+    assert trained.train == reference.train and trained.model.replace(fusion="bottleneck") == reference.model

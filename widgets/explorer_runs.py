@@ -56,6 +56,7 @@ def sweep_overlay_source(sweep_dir: str | Path, split: str = "test",
                          which: str = "latest") -> Callable[[str, int, int, Any], dict | None]:
     """A function (fusion, L_f, B, clip) -> overlay entry of that setting's run in the sweep now, or None."""
     loaded: dict[Setting, tuple] = {}
+    entries: dict[tuple, dict] = {}
 
     def source(fusion: str, fusion_layer: int, num_bottlenecks: int, clip: Any) -> dict | None:
         setting = (fusion, fusion_layer, num_bottlenecks)
@@ -64,8 +65,10 @@ def sweep_overlay_source(sweep_dir: str | Path, split: str = "test",
             if row is None:
                 return None
             loaded[setting] = (*load_run_split(row["run_dir"], split, which), row["run_dir"])
-        run, params, cached, run_dir = loaded[setting]
-        return overlay_entry(run.model, params, cached, clip, f"{run_dir} split {split!r}")
+        if (*setting, clip) not in entries:
+            run, params, cached, run_dir = loaded[setting]
+            entries[(*setting, clip)] = overlay_entry(run.model, params, cached, clip, f"{run_dir} split {split!r}")
+        return entries[(*setting, clip)]
     return source
 
 
@@ -104,8 +107,8 @@ def add_command(sweep_dir: str | Path, rows: Sequence[dict[str, Any]], setting: 
     bottlenecks = [first] + sorted({s[2] for s in settings if s[0] == "bottleneck"} - {first})
     root = sweep_dir.parent
     config = _relative(rows[0]["run_dir"], root) if rows else "synthetic-tiny"
-    data = read_config(rows[0]["run_dir"]).data.dir if rows else "DATA_DIR"
-    words = ["mbt", "sweep", "--config", config, "--data", _relative(data, root) if rows else data,
+    data = read_config(rows[0]["run_dir"]).data.dir if rows else None
+    words = ["mbt", "sweep", "--config", config, "--data", _relative(data, root) if data else "DATA_DIR",
              "--out", _relative(sweep_dir, root), "--fusions", *fusions,
              "--fusion-layers", *map(str, layers), "--bottlenecks", *map(str, bottlenecks)]
     return " ".join(shlex.quote(w) for w in words)
