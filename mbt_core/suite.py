@@ -142,25 +142,31 @@ def write_index(out_dir: str | Path, pages: Sequence[Path], summary: dict) -> Pa
     return out_dir / "index.html"
 
 
-def run_suite(out_dir: str | Path = "mbt_suite", quick: bool = False, progress: bool = True) -> Path:
-    """The whole story on the embedded default: data, runs, sweep, notebooks, `index.html`."""
+def runs_summary(sweep_dir: str | Path) -> dict[str, str]:
+    """One line per run of the sweep (setting -> mAP, per class kind), the notebooks' MBT, vanilla and late named."""
     from mbt_core.run_dir import read_eval, read_results
 
-    out = Path(out_dir).absolute()
-    start = time.monotonic()
-    data = ensure_synthetic(out / "data", quick, progress=progress)
-    sweep_dir = ensure_sweep(data, out / "sweep", quick, progress)
-    runs = suite_runs(sweep_dir)
-    params = {"quick": quick, "data_dir": str(data), "sweep_dir": str(sweep_dir)}
-    pages = execute_notebooks(out / "notebooks", params, progress=progress)
+    roles = {path.resolve(): name for name, path in suite_runs(sweep_dir).items()}
     summary = {}
-    roles = {path.resolve(): name for name, path in runs.items()}
-    for row in read_results(sweep_dir):  # every run of the sweep, the notebooks' three named
+    for row in read_results(sweep_dir):
         report = read_eval(row["run_dir"])
         kinds = ", ".join(f"{k} {v:.3f}" for k, v in report.get("mAP_by_kind", {}).items())
         role = roles.get(Path(row["run_dir"]).resolve())
         label = (f"{row['fusion'].replace('_', ' ')}, L_f = {row['fusion_layer']}, B = {row['num_bottlenecks']}"
                  + (f" ({role})" if role else ""))
         summary[label] = f"mAP {report['mAP']:.3f} ({kinds})"
+    return summary
+
+
+def run_suite(out_dir: str | Path = "mbt_suite", quick: bool = False, progress: bool = True) -> Path:
+    """The whole story on the embedded default: data, runs, sweep, notebooks, `index.html`."""
+    out = Path(out_dir).absolute()
+    start = time.monotonic()
+    data = ensure_synthetic(out / "data", quick, progress=progress)
+    sweep_dir = ensure_sweep(data, out / "sweep", quick, progress)
+    suite_runs(sweep_dir)  # the notebooks' three runs exist, or a clear error now
+    params = {"quick": quick, "data_dir": str(data), "sweep_dir": str(sweep_dir)}
+    pages = execute_notebooks(out / "notebooks", params, progress=progress)
+    summary = runs_summary(sweep_dir)
     summary["wall time"] = f"{time.monotonic() - start:.0f} s"
     return write_index(out, pages, summary)

@@ -3,6 +3,7 @@
 One small synthetic set and one quick sweep (MBT, vanilla and late fusion) are made once per session
 and shared by every notebook, as `mbt suite` shares them.
 """
+import html
 import json
 import shutil
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mbt_core.suite import NOTEBOOK_DIR, NOTEBOOKS, ensure_sweep, ensure_synthetic, execute_notebooks, write_index
+from mbt_core.suite import (NOTEBOOK_DIR, NOTEBOOKS, ensure_sweep, ensure_synthetic, execute_notebooks,
+                            runs_summary, write_index)
 
 # What each notebook must leave in its output_dir.
 EXPECTED = {
@@ -73,9 +75,14 @@ def test_quick_outputs_are_consistent(quick_suite):
     rows = json.loads((Path(parameters["sweep_dir"]) / "results.json").read_text())
     assert {(r["fusion"], r["fusion_layer"]) for r in rows} == {("bottleneck", 1), ("bottleneck", 3),
                                                                 ("self_attention", 1)}
-    index = write_index(root, sorted((root / "notebooks").glob("*.html")), {"runs": len(rows)})
+    summary = runs_summary(parameters["sweep_dir"])  # the index lists every run of the sweep
+    assert len(summary) == len(rows) and "bottleneck, L_f = 1, B = 4 (mbt)" in summary
+    assert summary["self attention, L_f = 1, B = 4 (vanilla)"] == f"mAP {rows[2]['mAP']:.3f} (" + ", ".join(
+        f"{k[4:]} {v:.3f}" for k, v in rows[2].items() if k.startswith("mAP_")) + ")"
+    index = write_index(root, sorted((root / "notebooks").glob("*.html")), summary)
     text = index.read_text()
     assert all(f"{name}.html" in text for name in NOTEBOOKS if (root / "notebooks" / f"{name}.html").exists())
+    assert all(html.escape(label) in text for label in summary)
 
 
 def test_a_moved_suite_opens_in_the_notebooks_and_widgets(quick_suite, tmp_path):
