@@ -475,3 +475,11 @@ def test_explorer_trains_a_missing_setting_in_place(tmp_path, monkeypatch):
     ex.train_button.click()
     assert calls == [(out, "bottleneck", 2, 16)]
     assert _numbers(ex.map_label.value) == [0.7] and ex.train_button.layout.display == "none"
+
+
+def test_add_command_from_a_relative_sweep_path(tmp_path, monkeypatch):
+    out = _results(tmp_path, [("bottleneck", 2, 4, 0.5)])
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    line = add_command("../sweep", read_results("../sweep"), ("bottleneck", 0, 16))
+    assert " --out sweep " in line and "--config sweep/bottleneck-lf2-b4" in line and out.name in line

@@ -98,7 +98,7 @@ def add_command(sweep_dir: str | Path, rows: Sequence[dict[str, Any]], setting: 
 
     `mbt sweep` trains the product fusions x L_f x B (B only for bottlenecks, the first B for the others) and
     skips the settings already evaluated; the line's grid covers the sweep's settings and the new one."""
-    sweep_dir = Path(sweep_dir).absolute()
+    sweep_dir = Path(os.path.abspath(sweep_dir))
     settings = [setting_of(r) for r in rows] + [setting]
     fusions = [f for f in FUSIONS if any(s[0] == f for s in settings)]
     layers = sorted({s[1] for s in settings})

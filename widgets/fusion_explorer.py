@@ -274,7 +274,7 @@ class FusionExplorer(widgets.VBox):
         self.b_note = widgets.HTML()
         self.clip = widgets.Dropdown(options=list(clips), description="clip", disabled=not clips)
         self.opacity = widgets.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description="map opacity",
-                                           readout_format=".0%")
+                                           readout_format=".0%", style={"description_width": "initial"})
         self.mask_captions = {p: widgets.HTML() for p in ("unfused", "fused")}
         self.mask_images = {p: widgets.Image(format="png") for p in ("unfused", "fused")}
         self.mask_panels = {p: widgets.VBox([self.mask_captions[p], self.mask_images[p]]) for p in self.mask_images}
@@ -294,7 +294,7 @@ class FusionExplorer(widgets.VBox):
         super().__init__([
             widgets.HBox([self.fusion]), widgets.HBox([self.fusion_layer, self.num_bottlenecks]), self.b_note,
             widgets.HBox([widgets.VBox([widgets.HBox(list(self.mask_panels.values())), self.legend]),
-                          widgets.VBox([self.gflops_label, widgets.HBox([self.gflops_chart, self.reference_chart])])]),
+                          widgets.VBox([self.gflops_label, self.gflops_chart, self.reference_chart])]),
             *results_box])
         for control in (self.fusion, self.fusion_layer, self.num_bottlenecks):
             control.observe(self._redraw, names="value")

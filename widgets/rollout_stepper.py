@@ -129,7 +129,7 @@ class RolloutStepper(widgets.VBox):
         self.frame_slider = widgets.IntSlider(value=1, min=1, max=len(self.frames), description="frame")
         self.layer_slider = widgets.IntSlider(value=layers, min=1, max=layers, description="layer")
         self.opacity = widgets.FloatSlider(value=alpha, min=0.0, max=1.0, step=0.05, description="map opacity",
-                                           readout_format=".0%")
+                                           readout_format=".0%", style={"description_width": "initial"})
         self.play = widgets.Play(value=1, min=1, max=len(self.frames), interval=300, description="play frames")
         widgets.jslink((self.play, "value"), (self.frame_slider, "value"))
         self.image = widgets.Image(format="png")
