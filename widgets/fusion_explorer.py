@@ -307,8 +307,8 @@ class FusionExplorer(widgets.VBox):
         """The widget, plus an HTML stand-in for pages without a kernel (nbconvert shows it instead)."""
         bundle = dict(super()._repr_mimebundle_(**kwargs) or {})
         bundle["text/html"] = ("<p><i>The live fusion explorer needs a running kernel: open this notebook in "
-                               "Jupyter. The same explorer without a kernel (plotly sliders over the sweep) "
-                               "follows.</i></p>")
+                               "Jupyter. Without one, <code>widgets.static_export.explorer_view</code> shows the "
+                               "same explorer (plotly sliders over the sweep; in notebook 05, right below).</i></p>")
         return bundle
 
     def _redraw(self, change: dict | None = None) -> None:
