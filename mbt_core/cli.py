@@ -38,19 +38,25 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
+def flops_unit(values: Sequence[float]) -> tuple[float, str]:
+    """(factor, name) that shows GFLOP values with at least three significant digits: GFLOPs, or MFLOPs below 10."""
+    return (1.0, "GFLOPs") if max(values) >= 10 else (1e3, "MFLOPs")
+
+
 def format_flops_table(config: MBTConfig) -> str:
     """Both FLOP conventions over L_f = 0..L side by side, with the bottleneck/cross-attention finding."""
     from mbt_core.model.flops import flops_table
 
     tables = {conv: flops_table(config, conv) for conv in ("official", "efficient")}
+    factor, unit = flops_unit([v for t in tables.values() for row in t.values() for v in row])
     short = {"bottleneck": "bottleneck", "cross_attention": "cross-attn", "self_attention": "self-attn"}
     head = "L_f | " + " | ".join(f"{short[f]:>10} {c[:3]}" for c in tables for f in FUSIONS)
-    lines = [f"GFLOPs per clip (multiply-add = 1 FLOP), {config.num_patches('rgb') if 'rgb' in config.modalities else 0}"
+    lines = [f"{unit} per clip (multiply-add = 1 FLOP), {config.num_patches('rgb') if 'rgb' in config.modalities else 0}"
              f" RGB + {config.num_patches('spec') if 'spec' in config.modalities else 0} spectrogram patches, "
              f"B = {config.num_bottlenecks}; 'off' = official convention, 'eff' = this implementation", head,
              "-" * len(head)]
     for lf in range(config.num_layers + 1):
-        cells = [f"{tables[c][f][lf]:14.1f}" for c in tables for f in FUSIONS]
+        cells = [f"{factor * tables[c][f][lf]:14.4g}" for c in tables for f in FUSIONS]
         lines.append(f"{lf:>3} | " + " | ".join(cells))
     for conv, table in tables.items():
         ratio = table["bottleneck"][0] / table["cross_attention"][0]

@@ -25,6 +25,7 @@ from mbt_core.package_files import shipped_dir
 NOTEBOOKS = ("01_tokenisation", "02_training", "03_per_class_ap", "04_attention_rollout", "05_fusion_explorer",
              "06_predict")
 NOTEBOOK_DIR = shipped_dir("notebooks")
+PATH_PARAMETERS = ("data_dir", "sweep_dir", "output_dir", "workspace")  # notebook parameters that name folders
 
 
 WORKSPACE_ENV = "MBT_WORKSPACE"
@@ -158,9 +159,13 @@ def execute_notebooks(out_dir: str | Path, parameters: dict, names: Sequence[str
     import nbformat
     import papermill
     from nbconvert import HTMLExporter
+    from traitlets.config import Config
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Paths relative to the notebooks' folder (papermill runs there): pages name no folder of this machine.
+    relative = {k: os.path.relpath(v, out_dir) if k in PATH_PARAMETERS and v is not None else v
+                for k, v in parameters.items()}
     shared = [Path(parameters[k]) / f for k, f in (("sweep_dir", "results.json"), ("data_dir", "manifest.csv"))
               if parameters.get(k)]
     written, digests = [], {}
@@ -171,9 +176,12 @@ def execute_notebooks(out_dir: str | Path, parameters: dict, names: Sequence[str
         digest = inputs_digest([source, *shared], {**parameters, "name": name})
         if (skip or {}).get(name) != digest or not page.is_file() or not target.is_file():
             digests[name] = digest
-            papermill.execute_notebook(str(source), str(target),
-                                       parameters={**parameters, "output_dir": str(out_dir / name)},
-                                       progress_bar=False, cwd=str(out_dir))
+            # IPC transport: kernel and client share this machine, so nothing listens on TCP (ipykernel warns
+            # when it runs over TCP without encryption). No stored widget state: the page then shows each
+            # widget's kernel-free text/html stand-in instead of a widget renderer loaded from a CDN.
+            papermill.execute_notebook(str(source), str(target), parameters={**relative, "output_dir": name},
+                                       progress_bar=False, cwd=str(out_dir), store_widget_state=False,
+                                       config=Config({"KernelManager": {"transport": "ipc"}}))
             body, _ = HTMLExporter().from_notebook_node(nbformat.read(target, as_version=4))
             page.write_text(body, encoding="utf-8")
         written.append(page)
@@ -213,6 +221,22 @@ def write_index(out_dir: str | Path, pages: Sequence[Path], summary: dict,
     return out_dir / "index.html"
 
 
+def runs_summary(sweep_dir: str | Path) -> dict[str, str]:
+    """One line per run of the sweep (setting -> mAP, per class kind), the notebooks' MBT, vanilla and late named."""
+    from mbt_core.run_dir import read_eval, read_results
+
+    roles = {path.resolve(): name for name, path in suite_runs(sweep_dir).items()}
+    summary = {}
+    for row in read_results(sweep_dir):
+        report = read_eval(row["run_dir"])
+        kinds = ", ".join(f"{k} {v:.3f}" for k, v in report.get("mAP_by_kind", {}).items())
+        role = roles.get(Path(row["run_dir"]).resolve())
+        label = (f"{row['fusion'].replace('_', ' ')}, L_f = {row['fusion_layer']}, B = {row['num_bottlenecks']}"
+                 + (f" ({role})" if role else ""))
+        summary[label] = f"mAP {report['mAP']:.3f} ({kinds})"
+    return summary
+
+
 STAGES = ("data", "sweep", "notebooks", "index")
 STAGE_SHARE = {"data": 0.15, "sweep": 0.55, "notebooks": 0.29, "index": 0.01}  # of a fresh run's time: the ETA
 
@@ -221,7 +245,6 @@ def run_suite(out_dir: str | Path | None = None, quick: bool = False, progress: 
     """The whole story on the embedded default: data, the sweep, notebooks, `index.html`, in the workspace
     `out_dir` (default: `default_workspace`); a re-run skips what its unchanged inputs already made."""
     from mbt_core.atomic_files import write_text
-    from mbt_core.run_dir import read_eval
 
     out = Path(out_dir if out_dir is not None else default_workspace(quick)).absolute()
     out.mkdir(parents=True, exist_ok=True)
@@ -238,7 +261,7 @@ def run_suite(out_dir: str | Path | None = None, quick: bool = False, progress: 
             data = ensure_synthetic(out / "data", quick, progress=progress)
         elif stage == "sweep":
             sweep_dir = ensure_sweep(data, out / "sweep", quick, progress, complete=True)
-            runs = suite_runs(sweep_dir)
+            suite_runs(sweep_dir)  # the notebooks' three runs exist, or a clear error now
         elif stage == "notebooks":
             params = {"quick": quick, "workspace": str(out), "data_dir": str(data), "sweep_dir": str(sweep_dir)}
             pages, digests = execute_notebooks(out / "notebooks", params, NOTEBOOKS, progress=progress,
@@ -246,11 +269,7 @@ def run_suite(out_dir: str | Path | None = None, quick: bool = False, progress: 
             record["notebook_digests"] = {**last.get("notebook_digests", {}), **digests}
             record["executed"] = list(digests)
         else:
-            summary = {}
-            for name, run_dir in runs.items():
-                report = read_eval(run_dir)
-                kinds = ", ".join(f"{k} {v:.3f}" for k, v in report.get("mAP_by_kind", {}).items())
-                summary[name] = f"mAP {report['mAP']:.3f} ({kinds})"
+            summary = runs_summary(sweep_dir)
             record["stage_s"] = {k: round(v, 1) for k, v in seconds.items()}
             record["wall_s"] = round(time.monotonic() - start, 1)
             summary["wall time"] = f"{record['wall_s']:.0f} s"

@@ -78,3 +78,18 @@ def test_cli_prints_both_conventions(capsys):
     assert "official" in out and "efficient" in out
     assert "bottleneck / cross-attention at L_f = 0" in out
     assert len([line for line in out.splitlines() if line.strip()[:2].strip().isdigit()]) == 13
+
+
+def test_cli_shows_the_tiny_model_in_mflops(capsys):
+    """The tiny preset's costs are ~0.02 GFLOPs: printed in MFLOPs with four significant digits, never 0.0."""
+    main(["flops", "--preset", "tiny"])
+    out = capsys.readouterr().out
+    assert out.startswith("MFLOPs per clip")
+    rows = [line.split("|") for line in out.splitlines() if line.strip()[:2].strip().isdigit()]
+    config = MBTConfig.preset("tiny")
+    assert len(rows) == config.num_layers + 1
+    for lf, row in enumerate(rows):
+        cells = [float(c) for c in row[1:]]
+        expected = [1e3 * gflops(config.replace(fusion=f, fusion_layer=lf), conv)
+                    for conv in ("official", "efficient") for f in ("bottleneck", "cross_attention", "self_attention")]
+        assert cells == pytest.approx(expected, rel=5e-4) and min(cells) > 1

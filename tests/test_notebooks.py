@@ -3,6 +3,7 @@
 One small synthetic set and one quick sweep (MBT, vanilla and late fusion) are made once per session
 and shared by every notebook, as `mbt suite` shares them.
 """
+import html
 import json
 import shutil
 from pathlib import Path
@@ -11,7 +12,8 @@ import nbformat
 import pytest
 
 from mbt_core import suite
-from mbt_core.suite import NOTEBOOK_DIR, NOTEBOOKS, ensure_sweep, ensure_synthetic, execute_notebooks, write_index
+from mbt_core.suite import (NOTEBOOK_DIR, NOTEBOOKS, ensure_sweep, ensure_synthetic, execute_notebooks,
+                            runs_summary, write_index)
 
 # What each notebook must leave in its output_dir.
 EXPECTED = {
@@ -48,17 +50,28 @@ def quick_suite(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_executes_on_quick(quick_suite, name):
+def test_notebook_executes_on_quick(quick_suite, name, capfd):
     root, parameters = quick_suite
     out = root / "notebooks"
     [page], digests = execute_notebooks(out, parameters, [name], progress=False)
     assert list(digests) == [name]
     assert page.exists() and page.stat().st_size > 0
+    assert "without encryption" not in capfd.readouterr().err  # the kernel runs over IPC, so it has nothing to warn
+    text = page.read_text()
+    # The page names no folder of this machine, prints no dict dump or PNG excuse, loads no widget renderer: each
+    # live widget is replaced by its kernel-free stand-in.
+    assert str(root) not in text and "kaleido" not in text and "PosixPath" not in text
+    assert "widget-state+json" not in text and "html-manager" not in text  # no widget renderer from a CDN
+    if name == "05_fusion_explorer":
+        assert "The live fusion explorer needs a running kernel" in text and 'class="frame"' in text
     for file in EXPECTED[name]:
         assert (out / name / file).exists(), f"{name} did not write {file}"
     executed = nbformat.read(out / f"{name}.ipynb", as_version=4)
     errors = [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
+    shown = [o["data"].get("text/html", o["data"].get("text/plain", "")) for c in executed.cells
+             for o in c.get("outputs", []) if "data" in o and not set(o["data"]) & {"image/png", "text/html"}]
+    assert not [t for t in shown if t.strip()[:1] in ("{", "[") or "object>" in t], shown  # no dict dumps or bare reprs
 
 
 def test_quick_outputs_are_consistent(quick_suite):
@@ -66,9 +79,14 @@ def test_quick_outputs_are_consistent(quick_suite):
     rows = json.loads((Path(parameters["sweep_dir"]) / "results.json").read_text())
     assert {(r["fusion"], r["fusion_layer"]) for r in rows} == {("bottleneck", 1), ("bottleneck", 3),
                                                                 ("self_attention", 1)}
-    index = write_index(root, sorted((root / "notebooks").glob("*.html")), {"runs": len(rows)})
+    summary = runs_summary(parameters["sweep_dir"])  # the index lists every run of the sweep
+    assert len(summary) == len(rows) and "bottleneck, L_f = 1, B = 4 (mbt)" in summary
+    assert summary["self attention, L_f = 1, B = 4 (vanilla)"] == f"mAP {rows[2]['mAP']:.3f} (" + ", ".join(
+        f"{k[4:]} {v:.3f}" for k, v in rows[2].items() if k.startswith("mAP_")) + ")"
+    index = write_index(root, sorted((root / "notebooks").glob("*.html")), summary)
     text = index.read_text()
     assert all(f"{name}.html" in text for name in NOTEBOOKS if (root / "notebooks" / f"{name}.html").exists())
+    assert all(html.escape(label) in text for label in summary)
 
 
 def test_a_moved_suite_opens_in_the_notebooks_and_widgets(quick_suite, tmp_path):
@@ -227,3 +245,24 @@ def test_settings_that_build_one_model_share_a_run(quick_suite, tmp_path):
     assert rows[0]["run_dir"] == rows[1]["run_dir"] and rows[3]["run_dir"] == rows[4]["run_dir"]
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == [
         "bottleneck-lf2-b1", "self_attention-lf1-b4", "self_attention-lf2-b1"]
+
+
+def test_the_explorer_trains_a_missing_setting_into_the_sweep(quick_suite, tmp_path):
+    """The live explorer's button on a copy of the quick sweep: one more setting, trained as the sweep's runs."""
+    from mbt_core.run_dir import read_config, read_results
+    from widgets.fusion_explorer import FusionExplorer
+
+    root, _ = quick_suite
+    copy = tmp_path / "suite"
+    shutil.copytree(root / "data", copy / "data")
+    shutil.copytree(root / "sweep", copy / "sweep")
+    ex = FusionExplorer(results=copy / "sweep")
+    ex.fusion.value, ex.fusion_layer.value = "cross_attention", 1
+    assert ex.state["mAP"] is None and ex.train_button.layout.display == "flex"
+    ex.train_button.click()
+    rows = read_results(copy / "sweep")
+    assert len(rows) == 4 and ("cross_attention", 1, 4) in {(r["fusion"], r["fusion_layer"], r["num_bottlenecks"])
+                                                            for r in rows}
+    assert ex.state["mAP"] is not None and ex.train_button.layout.display == "none"
+    trained, reference = read_config(copy / "sweep" / "cross_attention-lf1-b4"), read_config(rows[0]["run_dir"])
+    assert trained.train == reference.train and trained.model.replace(fusion="bottleneck") == reference.model

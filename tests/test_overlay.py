@@ -82,21 +82,55 @@ def test_to_uint8_matches_the_cache_and_keeps_uint8():
     assert to_uint8(raw) is raw
 
 
+def _jet(values) -> np.ndarray:
+    """RGB of OpenCV's JET colormap at uint8 levels."""
+    return cv2.applyColorMap(np.uint8(values).reshape(-1, 1), cv2.COLORMAP_JET)[:, 0, ::-1]
+
+
 def test_one_hot_map_is_brightest_at_its_patch():
     grid = np.zeros((3, 4))
     grid[1, 2] = 1.0  # patch rows 8..15, columns 16..23 of a 24 x 32 frame
     heat = overlay.upsample(grid, (24, 32))
-    y, x = np.unravel_index(np.argmax(heat), heat.shape)
-    assert 8 <= y < 16 and 16 <= x < 24
-    assert heat[12, 20] > heat[4, 4]
+    np.testing.assert_array_equal(heat, np.kron(grid, np.ones((8, 8))))  # nearest patch: one flat block each
+    smooth = overlay.upsample(grid, (24, 32), cv2.INTER_LINEAR)
+    y, x = np.unravel_index(np.argmax(smooth), smooth.shape)
+    assert 8 <= y < 16 and 16 <= x < 24 and smooth[12, 20] > smooth[4, 4]
     black = np.full((24, 32, 3), -1.0, np.float32)
     image = overlay.frame_overlay(black, grid, alpha=1.0)
-    colour = lambda v: cv2.applyColorMap(np.uint8([[v]]), cv2.COLORMAP_JET)[0, 0, ::-1]  # RGB
-    np.testing.assert_array_equal(image[y, x], colour(255))
-    np.testing.assert_array_equal(image[0, 0], colour(0))
-    # Bigger output: the peak scales with the frame.
+    np.testing.assert_array_equal(image[8:16, 16:24], np.broadcast_to(_jet(255), (8, 8, 3)))
+    np.testing.assert_array_equal(image[0, 0], _jet(0)[0])
     big = overlay.frame_overlay(black, grid, size=(48, 64), alpha=1.0)
-    np.testing.assert_array_equal(big[24, 40], colour(255))
+    np.testing.assert_array_equal(big[16:32, 32:48], np.broadcast_to(_jet(255), (16, 16, 3)))
+
+
+def _numpy_blend(frame: np.ndarray, grid: np.ndarray, factor: int, alpha: float) -> np.ndarray:
+    """Independent blend: whole-factor nearest enlargement (np.kron), JET of the map scaled to its max, mixed."""
+    big = np.kron(frame, np.ones((factor, factor, 1), np.uint8))
+    patch = big.shape[0] // grid.shape[0], big.shape[1] // grid.shape[1]
+    heat = np.kron(grid, np.ones(patch))
+    colours = _jet(np.rint(255 * heat / heat.max()).ravel()).reshape(*heat.shape, 3)
+    return (1 - alpha) * big + alpha * colours
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.5, 1.0])
+def test_frame_panels_show_the_frame_the_map_and_their_blend(alpha):
+    rng = np.random.default_rng(1)
+    frame = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    grid = rng.random((3, 3))
+    panels = overlay.frame_panels(frame, grid, width=240, alpha=alpha)
+    assert {k: v.shape for k, v in panels.items()} == {k: (240, 240, 3) for k in ("frame", "map", "blend")}
+    expected = _numpy_blend(frame, grid, 10, alpha)
+    assert np.abs(panels["blend"].astype(float) - expected).max() <= 1.0  # rounding only
+    # The frame's pixels are visible in the blend: at opacity a they keep (1 - a) of their weight.
+    if alpha < 1:
+        recovered = (panels["blend"].astype(float) - alpha * _numpy_blend(frame, grid, 10, 1.0)) / (1 - alpha)
+        assert np.abs(recovered - np.kron(frame, np.ones((10, 10, 1)))).max() <= 1.0 / (1 - alpha) + 1e-9
+    # Frame and map panels keep the patch grid: white lines on the borders of the 3 x 3 patches (80 pixels).
+    assert (panels["frame"][80] == 255).all() and (panels["map"][:, 160] == 255).all()
+    np.testing.assert_array_equal(panels["frame"][1:80, 1:80], np.kron(frame, np.ones((10, 10, 1), np.uint8))[1:80, 1:80])
+    image = overlay.frame_triptych(frame, grid, width=240, alpha=alpha)
+    assert image.shape[1] == 3 * 240 + 2 * 8
+    np.testing.assert_array_equal(image[-240:, -240:], panels["blend"])
 
 
 def test_spectrogram_overlay_puts_low_frequencies_at_the_bottom():
@@ -107,9 +141,30 @@ def test_spectrogram_overlay_puts_low_frequencies_at_the_bottom():
     spec_map = np.zeros((5, 4))  # (time, freq) patches of 8 x 4
     spec_map[4, 0] = 1.0  # the last time patch, lowest frequency band
     out = overlay.spectrogram_overlay(spec, spec_map, alpha=1.0)
-    peak = cv2.applyColorMap(np.uint8([[255]]), cv2.COLORMAP_JET)[0, 0, ::-1]
+    peak = _jet(255)[0]
     np.testing.assert_array_equal(out[14, 36], peak)  # bottom right
     assert not np.array_equal(out[1, 36], peak) and not np.array_equal(out[14, 4], peak)
+
+
+def test_spectrogram_panels_have_time_and_frequency_axes():
+    import librosa
+
+    spec = np.random.default_rng(2).normal(size=(400, 32)).astype(np.float32)  # 4 s at 100 frames/s, 32 mel bins
+    spec_map = np.random.default_rng(3).random((25, 2))  # 16 x 16 patches
+    panels = overlay.spectrogram_panels(spec, spec_map, width=800, alpha=0.4)
+    body = (32 * 4, 400 * 2)  # 4 pixels per mel bin, 2 per frame
+    for picture in panels.values():
+        assert picture.shape[0] > body[0] and picture.shape[1] > body[1]
+        axes = picture[:, :picture.shape[1] - body[1]]
+        assert (axes < 128).any()  # tick labels and axis names are drawn left of and below the picture
+    inner = lambda p: p[:body[0], -body[1]:]
+    expected = 0.6 * np.kron(spectrogram_image(spec), np.ones((4, 2, 1))) + 0.4 * np.kron(
+        _jet(np.rint(255 * spec_map.T[::-1] / spec_map.max()).ravel()).reshape(2, 25, 3), np.ones((64, 32, 1)))
+    assert np.abs(inner(panels["blend"]).astype(float) - expected).max() <= 1.0
+    hz = librosa.mel_frequencies(n_mels=34, fmin=0.0, fmax=8000.0)[1:-1]
+    from mbt_core.media.audio import mel_centres
+    np.testing.assert_allclose(mel_centres(32), hz)
+    assert hz[0] > 0 and hz[-1] < 8000
 
 
 def test_frames_summed_equals_sum_of_per_frame_maps():
@@ -133,10 +188,12 @@ def test_png_and_mp4_are_written_and_read_back(tmp_path, mid):
     written = overlay.export_clip(example, result, tmp_path, "clip7", panel_width=64)
     assert set(written) == {"rgb_summed_png", "rgb_mp4", "spec_png"}
     png = cv2.imread(str(written["rgb_summed_png"]))[..., ::-1]
-    np.testing.assert_array_equal(png, overlay.summed_overlay(example["rgb"], result["fused_maps"]["rgb"],
-                                                              size=(64, 64)))
-    spec_png = cv2.imread(str(written["spec_png"]))
-    assert spec_png.shape == (max(round(8 * 64 / 16), 16), 64, 3)
+    frames = example["rgb"]
+    np.testing.assert_array_equal(png, overlay.frame_triptych(frames[len(frames) // 2],
+                                                              overlay.summed_map(result["fused_maps"]["rgb"]), 64))
+    spec_png = cv2.imread(str(written["spec_png"]))[..., ::-1]
+    np.testing.assert_array_equal(spec_png, overlay.spectrogram_triptych(example["spec"], result["fused_maps"]["spec"],
+                                                                         3 * 64))
     capture = cv2.VideoCapture(str(written["rgb_mp4"]))
     frames = []
     while True:
@@ -144,7 +201,7 @@ def test_png_and_mp4_are_written_and_read_back(tmp_path, mid):
         if not ok:
             break
         frames.append(image)
-    assert len(frames) == config.rgb_frames and frames[0].shape == (64, 64, 3)
+    assert len(frames) == config.rgb_frames and frames[0].shape == (64, 64, 3)  # 8 pixels enlarged 8 times
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == config.rgb_frames
 
 
@@ -171,22 +228,23 @@ def test_mp4_falls_back_to_pyav_when_opencv_cannot_write(tmp_path, monkeypatch):
         overlay.write_mp4(tmp_path / "bad.mp4", frames[..., 0], fps=5)
 
 
-def test_side_by_side_has_both_panels_and_their_tightness(mid):
+def test_side_by_side_has_a_row_per_model_and_their_tightness(mid):
     _, _, example, mbt = mid
     config, params = _model(fusion="self_attention", **MID)
     vanilla = overlay.clip_rollout(config, params, example)
     image, stats = overlay.side_by_side(example, {"vanilla": vanilla, "MBT": mbt}, panel_width=96)
-    assert image.shape[1] == 2 * 96 + 8
+    middle = example["rgb"][len(example["rgb"]) // 2]
+    bodies = [overlay.frame_triptych(middle, overlay.summed_map(r["fused_maps"]["rgb"]), 96) for r in (vanilla, mbt)]
+    assert image.shape[1] == bodies[0].shape[1] == 3 * 96 + 2 * 8
+    header = image.shape[0] - 2 * bodies[0].shape[0] - 16  # two caption strips (label, statistics) of equal height
     for i, (label, result) in enumerate((("vanilla", vanilla), ("MBT", mbt))):
         shown = overlay.summed_map(result["fused_maps"]["rgb"])
         assert stats[label] == tightness(shown)
-        panel = image[:, i * (96 + 8):i * (96 + 8) + 96]
-        body = overlay.summed_overlay(example["rgb"], result["fused_maps"]["rgb"], size=(96, 96))
-        np.testing.assert_array_equal(panel[-96:], body)
-        header = panel[:-96]
-        assert (header < 128).any() and (header == 255).mean() > 0.5  # black text on white
-    assert not np.array_equal(image[-96:, :96], image[-96:, -96:])
-    # Spectrogram panels, and a map no mass reaches (late fusion: audio CLS <- RGB) has no statistics.
+        top = (i + 1) * header // 2 + i * (bodies[0].shape[0] + 16)
+        np.testing.assert_array_equal(image[top:top + bodies[i].shape[0]], bodies[i])
+        strip = image[top - header // 2:top]
+        assert (strip < 128).any() and (strip == 255).mean() > 0.5  # black text on white
+    # Spectrogram rows, and a map no mass reaches (late fusion: audio CLS <- RGB) has no statistics.
     _, spec_stats = overlay.side_by_side(example, {"MBT": mbt}, source="spec", mass=0.9)
     assert spec_stats["MBT"] == tightness(mbt["fused_maps"]["spec"], 0.9)
     late_config, late_params = _model(fusion_layer=2)

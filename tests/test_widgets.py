@@ -14,16 +14,17 @@ pytest.importorskip("ipywidgets")
 pytest.importorskip("plotly")
 
 from mbt_core.analysis.flow_mask import attention_flow_mask, group_mask  # noqa: E402
-from mbt_core.analysis.overlay import clip_rollout  # noqa: E402
+from mbt_core.analysis.overlay import clip_rollout, frame_panels, frame_triptych, summed_map  # noqa: E402
 from mbt_core.analysis.rollout import attention_rollout  # noqa: E402
 from mbt_core.config import MBTConfig  # noqa: E402
 from mbt_core.data.cache import CachedSplit  # noqa: E402
+from mbt_core.media.images import to_uint8  # noqa: E402
 from mbt_core.model.flops import flops_table, gflops  # noqa: E402
 from mbt_core.model.model import MBT, dummy_inputs  # noqa: E402
 from mbt_core.recipes import RunConfig  # noqa: E402
 from mbt_core.run_dir import read_results  # noqa: E402
-from widgets.fusion_explorer import (KIND_COLOURS, NOT_IN_SWEEP, FusionExplorer, explorer_state,  # noqa: E402
-                                     sweep_overlays)
+from widgets.explorer_runs import add_command, sweep_overlays  # noqa: E402
+from widgets.fusion_explorer import KIND_COLOURS, NOT_IN_SWEEP, FusionExplorer, explorer_state  # noqa: E402
 from widgets.rollout_stepper import RolloutStepper, clip_attention, layer_rollouts  # noqa: E402
 
 TINY = MBTConfig.preset("tiny", num_layers=4, fusion_layer=2)
@@ -65,6 +66,24 @@ def test_state_numbers_come_from_the_flop_counter():
             assert s["gflops_curve"][convention] == flops_table(cfg, convention)[fusion]
             assert s["gflops_curve"][convention][lf] == pytest.approx(s["gflops"][convention])
         assert s["run_note"] == "no sweep results given" and s["mAP"] is None
+        # The paper's ViT-B/16 at the same fusion, L_f and B (Fig. 3 right is about that scale).
+        paper = MBTConfig.preset("paper-b16").replace(fusion=fusion, fusion_layer=lf, num_bottlenecks=b)
+        for convention in ("efficient", "official"):
+            assert s["reference"]["gflops"][convention] == gflops(paper, convention)
+            assert s["reference"]["gflops_curve"][convention] == flops_table(paper, convention)[fusion]
+        assert s["reference"]["gflops"]["efficient"] > 1000 * s["gflops"]["efficient"]
+    assert explorer_state(MBTConfig.preset("paper-b16"), "bottleneck", 4, 4)["reference"] is None  # it is the paper's
+
+
+def test_b_note_says_where_b_means_nothing():
+    assert explorer_state(TINY, "bottleneck", 2, 4)["b_note"] == ""
+    assert "cross attention fusion has none" in explorer_state(TINY, "cross_attention", 2, 4)["b_note"]
+    assert "late fusion" in explorer_state(TINY, "bottleneck", 4, 4)["b_note"]
+    ex = FusionExplorer(TINY)
+    ex.fusion.value = "self_attention"
+    assert ex.num_bottlenecks.disabled and "self attention fusion has none" in ex.b_note.value
+    ex.fusion.value = "bottleneck"
+    assert not ex.num_bottlenecks.disabled and ex.b_note.value == ""
 
 
 def test_state_masks_per_token_and_per_group():
@@ -87,7 +106,9 @@ def test_explorer_gflops_label_follows_sliders():
         ex.fusion.value, ex.fusion_layer.value, ex.num_bottlenecks.value = fusion, lf, b
         cfg = TINY.replace(fusion=fusion, fusion_layer=lf, num_bottlenecks=b)
         shown = _numbers(ex.gflops_label.value)
-        assert shown == pytest.approx([gflops(cfg), gflops(cfg, "official")], rel=1e-3)
+        paper = MBTConfig.preset("paper-b16").replace(fusion=fusion, fusion_layer=lf, num_bottlenecks=b)
+        assert shown == pytest.approx([gflops(cfg), gflops(cfg, "official"), gflops(paper), gflops(paper, "official")],
+                                      rel=1e-3)
         assert ex.num_bottlenecks.disabled == (fusion != "bottleneck")
     assert ex.num_bottlenecks.options[:3] == (1, 2, 4) and ex.num_bottlenecks.options[-1] == 1024
 
@@ -103,9 +124,10 @@ def _shown_mask(png: bytes, n: int) -> np.ndarray:
 
 def test_explorer_mask_pictures_change_with_fusion_layer():
     ex = FusionExplorer(TINY)
-    panels = lambda: {p: ex.mask_panels[p].layout.display for p in ("unfused", "fused")}
+    panels = lambda: {p: ex.mask_images[p].layout.display for p in ("unfused", "fused")}
     ex.fusion_layer.value = 0
-    assert panels() == {"unfused": "none", "fused": "flex"}
+    assert panels() == {"unfused": "none", "fused": "block"}
+    assert "no layers below L_f = 0" in ex.mask_captions["unfused"].value  # an empty panel says why
     bottleneck = ex.mask_images["fused"].value
     n = ex.state["num_tokens"]
     np.testing.assert_array_equal(_shown_mask(bottleneck, n), attention_flow_mask(TINY.replace(fusion_layer=0), 0))
@@ -113,7 +135,7 @@ def test_explorer_mask_pictures_change_with_fusion_layer():
     assert ex.mask_images["fused"].value != bottleneck
     assert _shown_mask(ex.mask_images["fused"].value, ex.state["num_tokens"]).all()
     ex.fusion_layer.value = 4
-    assert panels() == {"unfused": "flex", "fused": "none"}
+    assert panels() == {"unfused": "block", "fused": "none"} and "late fusion" in ex.mask_captions["fused"].value
     assert "layers 1-4" in ex.mask_captions["unfused"].value
     ex.fusion_layer.value = 1
     assert "layers 2-4" in ex.mask_captions["fused"].value and "layer 1<" in ex.mask_captions["unfused"].value
@@ -140,14 +162,18 @@ def test_explorer_reads_map_from_results(tmp_path):
     ex = FusionExplorer(results=out)
     assert ex.config == TINY.replace(fusion_layer=2, num_bottlenecks=4)  # read from the runs' config.json
     assert _numbers(ex.map_label.value) == [0.5] and "speech 0.250" in ex.map_label.value
-    ex.num_bottlenecks.value = 8
+    assert ex.num_bottlenecks.options == (1, 4, 16) and ex.train_button.layout.display == "none"
+    ex.num_bottlenecks.value = 16
     assert NOT_IN_SWEEP in ex.map_label.value and _numbers(ex.map_label.value) == []
+    assert ex.train_button.layout.display == "flex" and "mbt sweep" in ex.map_label.value  # train here, or the line
     ex.fusion_layer.value = 4  # late fusion: B changes nothing, the B = 4 run answers
     assert _numbers(ex.map_label.value) == [0.25] and "B = 4" in ex.map_label.value
     ex.fusion.value, ex.fusion_layer.value = "cross_attention", 2
     assert _numbers(ex.map_label.value) == [0.4]
     ex.fusion.value = "self_attention"
     assert NOT_IN_SWEEP in ex.map_label.value
+    ex.fusion_layer.value = 4  # late fusion is one model whatever the strategy: the bottleneck run answers
+    assert _numbers(ex.map_label.value) == [0.25] and "every fusion is late fusion" in ex.map_label.value
     assert read_results(out / "results.json")[0]["run_dir"] == str(out / "bottleneck-lf2-b4")
 
 
@@ -220,25 +246,51 @@ def test_rollout_stepper_steps_frames_and_layers():
     maps[:, 0, 0, 0] = 1.0  # first tubelet: top-left hot
     maps[:, 1, 1, 1] = 1.0  # second tubelet: bottom-right hot
     maps[0] = 1.0  # layer 1: flat
-    stepper = RolloutStepper(frames, maps, alpha=1.0)
-    assert stepper.layer_slider.value == 2 and "layer 3 of 3" in stepper.caption.value
+    stepper = RolloutStepper(frames, maps, alpha=1.0, layer_names=["unimodal", "fused (bottleneck)", "fused (x)"])
+    # Sliders and caption count the same way, from 1.
+    assert (stepper.frame_slider.min, stepper.frame_slider.max) == (1, 4)
+    assert (stepper.layer_slider.min, stepper.layer_slider.value) == (1, 3)
+    assert "frame 1 of 4" in stepper.caption.value and "layer 3 of 3 (fused (x))" in stepper.caption.value
 
-    def hot():  # the patch where the colour map is reddest (JET: red high, blue low)
-        image = _decode(stepper.image.value).astype(int)
-        patch = image.shape[0] // 2
-        return tuple(int(i) // patch for i in np.unravel_index(np.argmax(image[..., 0] - image[..., 2]),
-                                                               image.shape[:2]))
+    def hot():  # the patch of the blend panel where the colour map is reddest (JET: red high, blue low)
+        image = _decode(stepper.image.value).astype(int)[-240:, -240:]  # 8 pixels enlarged 30 times
+        return tuple(int(i) // 120 for i in np.unravel_index(np.argmax(image[..., 0] - image[..., 2]),
+                                                             image.shape[:2]))
 
     assert hot() == (0, 0)
-    stepper.frame_slider.value = 2
+    stepper.frame_slider.value = 3
     assert hot() == (1, 1) and "frame 3 of 4" in stepper.caption.value
     assert "25% of the patches" in stepper.caption.value  # one hot patch of four
-    stepper.layer_slider.value = 0
-    assert "50% of the patches" in stepper.caption.value  # flat: half the mass needs half the patches
+    stepper.layer_slider.value = 1
+    assert "50% of the patches" in stepper.caption.value and "layer 1 of 3 (unimodal)" in stepper.caption.value
+    image = _decode(stepper.image.value)
+    np.testing.assert_array_equal(image, frame_triptych(frames[2], stepper.maps[0, 2], alpha=1.0,
+                                                        vmax=stepper.maps[0].max()))
+    stepper.opacity.value = 0.0  # the frame alone: black
+    assert (_decode(stepper.image.value)[-240:, -240:] == 0).all()
     with pytest.raises(ValueError, match="3 time steps, which do not divide the 4 frames"):
         RolloutStepper(frames, np.zeros((2, 3, 2, 2)))
     with pytest.raises(ValueError, match="finite and >= 0"):
         RolloutStepper(frames, -maps)
+
+
+def test_rollout_stepper_has_a_kernel_free_stand_in():
+    frames = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    stepper = RolloutStepper(frames, np.random.default_rng(1).random((3, 2, 2)), title="run <x>")
+    bundle = stepper._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle and bundle["text/html"] == stepper.static_html()
+    page = bundle["text/html"]
+    pictures = json.loads(re.search(r"pictures = (\[.*?\])", page).group(1))
+    captions = json.loads(re.search(r"captions = (\[.*?\])", page).group(1))
+    assert len(pictures) == len(captions) == 2 * 3  # every (layer, frame)
+    assert 'type="range" class="frame" min="1" max="2"' in page and 'class="layer" min="1" max="3" value="3"' in page
+    assert captions[0].startswith("frame 1 of 2, rollout through layer 1 of 3")
+    assert captions[-1].startswith("frame 2 of 2, rollout through layer 3 of 3")
+    shown = cv2.imdecode(np.frombuffer(__import__("base64").b64decode(pictures[-1].split(",")[1]), np.uint8),
+                         cv2.IMREAD_COLOR)[..., ::-1]
+    stepper.frame_slider.value, stepper.layer_slider.value = 2, 3
+    np.testing.assert_array_equal(shown, _decode(stepper.image.value))
+    assert "<b>run &lt;x&gt;</b>" in page
 
 
 MICRO = MBTConfig.preset("micro")
@@ -293,28 +345,46 @@ def test_stepper_from_run_and_sweep_overlays(tmp_path, monkeypatch):
     assert stepper.frames.dtype == np.uint8
     with pytest.raises(IndexError, match="clip 5 is outside the split, which holds 3 clips"):
         RolloutStepper.from_run(run_dir, 5)
-    images = sweep_overlays(out, clips=[0, 2], progress=False)
-    assert sorted(images) == [("bottleneck", 1, 2, 0), ("bottleneck", 1, 2, 2), ("cross_attention", 1, 2, 0),
-                              ("cross_attention", 1, 2, 2)]
-    assert all(im.dtype == np.uint8 and im.shape == (MICRO.image_size, MICRO.image_size, 3) for im in images.values())
-    assert not np.array_equal(images[("bottleneck", 1, 2, 0)], images[("bottleneck", 1, 2, 2)])
-    ex = FusionExplorer(MICRO, results=out, overlays=images)
+    entries = sweep_overlays(out, clips=[0, 2], progress=False)
+    assert sorted(entries) == [("bottleneck", 1, 2, 0), ("bottleneck", 1, 2, 2), ("cross_attention", 1, 2, 0),
+                               ("cross_attention", 1, 2, 2)]
+    split, params = _micro_split(), _params(MICRO.replace(num_bottlenecks=2, fusion_layer=1))
+    for clip in (0, 2):
+        entry = entries[("bottleneck", 1, 2, clip)]
+        frames = split.example(clip)["rgb"]
+        np.testing.assert_array_equal(entry["frame"], to_uint8(frames[len(frames) // 2]))  # the middle frame
+        expected = summed_map(clip_rollout(MICRO.replace(num_bottlenecks=2, fusion_layer=1), params,
+                                           split.example(clip))["fused_maps"]["rgb"])
+        np.testing.assert_allclose(entry["map"], expected, rtol=1e-6)
+    assert not np.array_equal(entries[("bottleneck", 1, 2, 0)]["map"], entries[("bottleneck", 1, 2, 2)]["map"])
+    ex = FusionExplorer(MICRO, results=out, overlays=entries)
     ex.clip.value = 2
-    shown = _decode(ex.overlay_image.value)
-    assert shown.shape[1] == 320  # 8 pixels enlarged 40 times
-    np.testing.assert_array_equal(shown[::40, ::40], images[("bottleneck", 1, 2, 2)])
+    entry = entries[("bottleneck", 1, 2, 2)]
+    for alpha in (0.5, 0.2):  # the opacity slider re-blends the shown overlay
+        ex.opacity.value = alpha
+        np.testing.assert_array_equal(_decode(ex.overlay_image.value), frame_triptych(entry["frame"], entry["map"],
+                                                                                      alpha=alpha))
+    assert frame_panels(entry["frame"], entry["map"])["blend"].shape == (240, 240, 3)  # 8 pixels enlarged 30 times
+
+
+def _trace_index(name: str, has_reference: bool = True) -> int:
+    """Where each trace sits in a static-explorer frame."""
+    order = ["unfused", "fused", "unfused note", "fused note", "gflops", "gflops official", "gflops mark"]
+    order += ["paper gflops", "paper gflops official", "paper mark"] if has_reference else []
+    return (order + ["mAP", "mAP mark", "mAP note", "overlay", "overlay note"]).index(name)
 
 
 def test_static_export_steps_over_the_grid(tmp_path):
     from widgets.static_export import SLIDERS, explorer_figure, explorer_html, explorer_view
 
     out = _results(tmp_path, [("bottleneck", 2, 4, 0.5), ("bottleneck", 3, 4, 0.3), ("cross_attention", 2, 4, 0.4)])
-    fig = explorer_figure(TINY, out)
+    entry = {"frame": np.full((24, 24, 3), 90, np.uint8), "map": np.eye(3)}
+    fig = explorer_figure(TINY, out, overlays={("bottleneck", 2, 4, 0): entry})
     layers = TINY.num_layers
     sliders = {s.name: [step.value for step in s.steps] for s in fig.layout.sliders}
     assert tuple(sliders) == SLIDERS
     assert sliders["L_f"] == [str(lf) for lf in range(layers + 1)]
-    assert sliders["B"] == [str(2 ** k) for k in range(11)]
+    assert sliders["B"] == ["1", "4", "16"]  # beside a sweep: the paper's range and the sweep's B
     assert sliders["fusion"] == ["bottleneck", "cross_attention", "self_attention"]
     frames = {f.name: f for f in fig.frames}
     # The page script's contract: every slider combination names a frame (B ignored unless bottleneck).
@@ -322,24 +392,47 @@ def test_static_export_steps_over_the_grid(tmp_path):
         for b in sliders["B"]:
             for lf in sliders["L_f"]:
                 assert "|".join([fusion, b if fusion == "bottleneck" else "any", lf]) in frames
-    assert len(frames) == (11 + 2) * (layers + 1)
+    assert len(frames) == (3 + 2) * (layers + 1)
     shown = frames["bottleneck|4|2"]
     cfg = TINY.replace(fusion_layer=2, num_bottlenecks=4)
-    assert f"{gflops(cfg):.4g}" in shown.layout.title.text and "mAP 0.500 (speech 0.250)" in shown.layout.title.text
+    paper = MBTConfig.preset("paper-b16").replace(fusion_layer=2, num_bottlenecks=4)
+    title = shown.layout.title.text
+    assert f"{gflops(cfg):.4g}" in title and f"{gflops(paper):.4g}" in title and "mAP 0.500 (speech 0.250)" in title
     fused = np.array(shown.data[1].z, dtype=float)
     np.testing.assert_array_equal(fused > 0, group_mask(cfg, 2))
     assert (np.array(shown.data[0].z, dtype=float)[-1] == 0).all()  # fsn tokens idle below L_f
     assert np.isnan(np.array(frames["bottleneck|4|4"].data[0].z, dtype=float)[-1]).all()  # late fusion: no fsn
-    assert list(shown.data[5].y) == [None, None, 0.5, 0.3, None]  # mAP over L_f for B = 4
-    np.testing.assert_allclose(shown.data[2].y, [gflops(cfg.replace(fusion_layer=lf)) for lf in range(layers + 1)])
-    assert NOT_IN_SWEEP in frames["bottleneck|8|2"].layout.title.text
-    assert np.isnan(np.array(frames["cross_attention|any|0"].data[0].z, dtype=float)).all()  # no unimodal layers
+    at = _trace_index
+    assert list(shown.data[at("mAP")].y) == [None, None, 0.5, 0.3, None]  # mAP over L_f for B = 4
+    np.testing.assert_allclose(shown.data[at("gflops")].y, [gflops(cfg.replace(fusion_layer=lf))
+                                                            for lf in range(layers + 1)])
+    np.testing.assert_allclose(shown.data[at("paper gflops")].y, [gflops(paper.replace(fusion_layer=lf))
+                                                                  for lf in range(paper.num_layers + 1)])
+    assert NOT_IN_SWEEP in frames["bottleneck|16|2"].layout.title.text
+    unimodal = frames["cross_attention|any|0"]
+    assert np.isnan(np.array(unimodal.data[0].z, dtype=float)).all()  # no unimodal layers ...
+    assert "no layers below L_f = 0" in unimodal.data[at("unfused note")].text[0]  # ... and the panel says so
+    assert shown.data[at("unfused note")].text[0] == ""
+    # Each trained setting shows its overlay; an untrained one says how to add it.
+    decoded = cv2.imdecode(np.frombuffer(__import__("base64").b64decode(shown.data[at("overlay")].source.split(",")[1]),
+                                         np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+    np.testing.assert_array_equal(decoded, frame_triptych(entry["frame"], entry["map"], alpha=0.5))
+    missing = frames["self_attention|any|1"].data[at("overlay note")].text[0]
+    assert NOT_IN_SWEEP in missing and "mbt sweep" in missing and str(tmp_path) not in missing
+    # Axes fixed over every frame: masks top to bottom, GFLOPs ranges holding every setting's curves.
+    assert fig.layout.yaxis.range[0] > fig.layout.yaxis.range[1] and fig.layout.yaxis.autorange is False
+    every = [v for f in fig.frames for v in f.data[at("gflops")].y + f.data[at("gflops official")].y]
+    low, high = fig.layout.yaxis3.range
+    assert low < min(every) and high > max(every)
+    every = [v for f in fig.frames for v in f.data[at("paper gflops")].y + f.data[at("paper gflops official")].y]
+    low, high = fig.layout.yaxis4.range
+    assert low < min(every) and high > max(every)
     assert fig.layout.title.text == shown.layout.title.text  # starts at the config's setting
 
     path = explorer_html(TINY, out, tmp_path / "page" / "explorer.html")
     page = path.read_text()
-    assert page.count('"method":"skip"') == 3 + 11 + layers + 1  # one step per fusion, B and L_f value
-    assert "plotly_sliderchange" in page and "Plotly.animate" in page
+    assert page.count('"method":"skip"') == 3 + 3 + layers + 1  # one step per fusion, B and L_f value
+    assert "plotly_sliderchange" in page and "Plotly.animate" in page and "sliders[1].visible" in page
     assert len(page) > 3_000_000 and "<script src=" not in page  # plotly.js inline: works offline
     fragment = explorer_view(TINY, out).data  # the notebook output: the same page script, no <html> wrapper
     assert "plotly_sliderchange" in fragment and "<html>" not in fragment and len(fragment) > 3_000_000
@@ -388,3 +481,50 @@ def test_attention_picture_leaves_unreached_patches_plain():
     assert "spec patches 0.0%" in caption
     plain = spectrogram_overlay(example["spec"], np.zeros(cfg.grid("spec")), (96 * 8 // 4, 96 * 8), alpha=0.0)
     np.testing.assert_array_equal(image[-plain.shape[0]:, :plain.shape[1]], plain)
+
+
+def test_add_command_covers_the_sweep_and_the_new_setting(tmp_path):
+    from mbt_core.cli import build_parser
+    from mbt_core.experiment import grid
+
+    out = _results(tmp_path, [("bottleneck", 2, 4, 0.5), ("self_attention", 1, 4, 0.3)])
+    rows = read_results(out)
+    line = add_command(out, rows, ("bottleneck", 0, 16))
+    assert str(tmp_path) not in line and line.startswith("mbt sweep --config sweep/bottleneck-lf2-b4 ")
+    args = build_parser().parse_args(line.split()[1:])
+    settings = set(grid(args.fusions, args.fusion_layers, args.bottlenecks))
+    assert {("bottleneck", 2, 4), ("self_attention", 1, 4), ("bottleneck", 0, 16)} <= settings
+    assert args.out == "sweep"
+
+
+def test_explorer_trains_a_missing_setting_in_place(tmp_path, monkeypatch):
+    import widgets.fusion_explorer as module
+
+    out = _results(tmp_path, [("bottleneck", 2, 4, 0.5)])
+    calls = []
+
+    def train(sweep_dir, fusion, lf, b, progress=True):  # stands in for experiment.sweep (tested on real runs)
+        calls.append((Path(sweep_dir), fusion, lf, b))
+        rows = json.loads((out / "results.json").read_text())
+        model = TINY.replace(fusion=fusion, fusion_layer=lf, num_bottlenecks=b)
+        rows.append({**rows[0], "fusion": fusion, "fusion_layer": lf, "num_bottlenecks": b, "mAP": 0.7,
+                     "gflops": gflops(model)})
+        (out / "results.json").write_text(json.dumps(rows))
+        return rows
+
+    monkeypatch.setattr(module, "train_setting", train)
+    ex = FusionExplorer(results=out)
+    assert ex.train_button.layout.display == "none"  # the sweep's own setting has its result
+    ex.num_bottlenecks.value = 16
+    assert ex.train_button.layout.display == "flex"
+    ex.train_button.click()
+    assert calls == [(out, "bottleneck", 2, 16)]
+    assert _numbers(ex.map_label.value) == [0.7] and ex.train_button.layout.display == "none"
+
+
+def test_add_command_from_a_relative_sweep_path(tmp_path, monkeypatch):
+    out = _results(tmp_path, [("bottleneck", 2, 4, 0.5)])
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    line = add_command("../sweep", read_results("../sweep"), ("bottleneck", 0, 16))
+    assert " --out sweep " in line and "--config sweep/bottleneck-lf2-b4" in line and out.name in line

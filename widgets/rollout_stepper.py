@@ -4,19 +4,24 @@ Inputs are plain arrays, so the widget needs no model: `frames` (F, H, W, 3) uin
 model's inputs) and `rollout_per_layer` (L, T, h, w) or (L, h, w) non-negative maps, entry l being the rollout
 through layers 1..l+1 of the RGB readout (CLS) row over the patch grid (`layer_rollouts` computes them).
 T is the grid's time axis: each tubelet's weight is split evenly over its F / T frames
-(`overlay.frame_maps`); one colour scale per layer across the clip, so frames compare. Blending is
-`overlay.frame_overlay`. `RolloutStepper.from_run` runs a trained model once on one clip of a run's split.
+(`overlay.frame_maps`); one colour scale per layer across the clip, so frames compare. The picture is
+`overlay.frame_triptych` (frame | map | blend at the opacity slider's value). Sliders and caption count frames
+and layers from 1, and the caption names the layer's kind (unimodal or fused). `RolloutStepper.from_run` runs
+a trained model once on one clip of a run's split. Without a kernel (an exported page) the widget shows
+`static_html`: the same pictures for every (frame, layer), stepped by two range inputs and a few lines of script.
 """
 from __future__ import annotations
 
+import base64
 import html
+import json
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import ipywidgets as widgets
 import numpy as np
 
-from mbt_core.analysis.overlay import clip_attention, frame_maps, frame_overlay
+from mbt_core.analysis.overlay import PANEL_WIDTH, clip_attention, frame_maps, frame_triptych
 from mbt_core.analysis.rollout import mbt_rollout, tightness
 from mbt_core.config import MBTConfig
 from mbt_core.data.cache import CachedSplit
@@ -49,11 +54,26 @@ def check_clip(frames: np.ndarray, rollout_per_layer: np.ndarray) -> tuple[np.nd
     return to_uint8(frames), np.stack([frame_maps(m, tubelet) for m in maps])
 
 
-def stepper_view(frames: np.ndarray, maps: np.ndarray, frame: int, layer: int, alpha: float = 0.5) -> dict:
-    """The blended image of one (frame, layer) of a checked clip and the share of patches holding half its mass."""
+def stepper_view(frames: np.ndarray, maps: np.ndarray, frame: int, layer: int, alpha: float = 0.5,
+                 width: int = PANEL_WIDTH) -> dict:
+    """Frame | map | blend of one (frame, layer) (0-based) of a checked clip and the share of patches holding half
+    its mass."""
     heat = maps[layer, frame]
-    image = frame_overlay(frames[frame], heat, alpha=alpha, vmax=float(maps[layer].max()))
+    image = frame_triptych(frames[frame], heat, width, alpha, vmax=float(maps[layer].max()))
     return {"image": image, "heat": heat, "area": tightness(heat)["area"] if heat.sum() > 0 else None}
+
+
+def layer_kinds(config: MBTConfig) -> list[str]:
+    """Each layer's kind for captions: 'unimodal' below L_f, 'fused (<fusion>)' from L_f on."""
+    fused = f"fused ({config.fusion.replace('_', ' ')})"
+    return [fused if config.is_fused(layer) else "unimodal" for layer in range(config.num_layers)]
+
+
+def caption_text(frame: int, frames: int, layer: int, layers: int, kind: str, area: float | None) -> str:
+    """The stepper's caption for 1-based frame and layer numbers, as the sliders show them."""
+    spread = "the map is empty" if area is None else f"half the rollout mass lies on {100 * area:.0f}% of the patches"
+    named = f" ({kind})" if kind else ""
+    return f"frame {frame} of {frames}, rollout through layer {layer} of {layers}{named}: {spread}"
 
 
 def layer_rollouts(attention: Mapping[str, list], config: MBTConfig, modality: str = "rgb",
@@ -77,24 +97,29 @@ def clip_example(cached: CachedSplit, clip: int, where: str = "split") -> tuple[
 
 
 class RolloutStepper(widgets.VBox):
-    """Frame and layer sliders over one clip; shows the frame with the rollout through that layer."""
+    """Frame, layer and opacity sliders over one clip; shows frame | rollout map through that layer | blend."""
 
     def __init__(self, frames: np.ndarray, rollout_per_layer: np.ndarray, alpha: float = 0.5, title: str = "",
-                 width: int = 320):
+                 width: int = PANEL_WIDTH, layer_names: Sequence[str] | None = None):
         self.frames, self.maps = check_clip(frames, rollout_per_layer)
-        self.alpha, self.width = alpha, width
+        self.width, self.title = width, title
         layers = self.maps.shape[0]
-        self.frame_slider = widgets.IntSlider(value=0, min=0, max=len(self.frames) - 1, description="frame")
-        self.layer_slider = widgets.IntSlider(value=layers - 1, min=0, max=layers - 1, description="layer")
-        self.play = widgets.Play(value=0, min=0, max=len(self.frames) - 1, interval=300, description="play frames")
+        self.layer_names = list(layer_names) if layer_names is not None else [""] * layers
+        if len(self.layer_names) != layers:
+            raise ValueError(f"{len(self.layer_names)} layer names for {layers} layers")
+        self.frame_slider = widgets.IntSlider(value=1, min=1, max=len(self.frames), description="frame")
+        self.layer_slider = widgets.IntSlider(value=layers, min=1, max=layers, description="layer")
+        self.opacity = widgets.FloatSlider(value=alpha, min=0.0, max=1.0, step=0.05, description="map opacity",
+                                           readout_format=".0%", style={"description_width": "initial"})
+        self.play = widgets.Play(value=1, min=1, max=len(self.frames), interval=300, description="play frames")
         widgets.jslink((self.play, "value"), (self.frame_slider, "value"))
-        self.image = widgets.Image(format="png", layout=widgets.Layout(width=f"{width}px"))
+        self.image = widgets.Image(format="png")
         self.caption = widgets.HTML()
         header = [widgets.HTML(f"<b>{html.escape(title)}</b>")] if title else []  # plain text
-        super().__init__([*header, widgets.HBox([self.play, self.frame_slider]), self.layer_slider, self.image,
-                          self.caption])
-        self.frame_slider.observe(self._redraw, names="value")
-        self.layer_slider.observe(self._redraw, names="value")
+        super().__init__([*header, widgets.HBox([self.play, self.frame_slider]),
+                          widgets.HBox([self.layer_slider, self.opacity]), self.image, self.caption])
+        for control in (self.frame_slider, self.layer_slider, self.opacity):
+            control.observe(self._redraw, names="value")
         self._redraw()
 
     @classmethod
@@ -106,14 +131,44 @@ class RolloutStepper(widgets.VBox):
         example, clip_id = clip_example(cached, clip, f"{run_dir} split {split!r}")
         maps = layer_rollouts(clip_attention(config, params, example), config)
         kwargs.setdefault("title", f"{Path(run_dir).name}: {clip_id}")
+        kwargs.setdefault("layer_names", layer_kinds(config))
         return cls(example["rgb"], maps, **kwargs)
 
     def _redraw(self, change: dict | None = None) -> None:
-        """Blend the current frame with the current layer's map."""
+        """Show the current frame and layer (sliders count from 1)."""
         frame, layer = self.frame_slider.value, self.layer_slider.value
-        view = stepper_view(self.frames, self.maps, frame, layer, self.alpha)
-        self.image.value = png_at_width(view["image"], self.width)
-        spread = "the map is empty" if view["area"] is None else (
-            f"half the rollout mass lies on {100 * view['area']:.0f}% of the patches")
-        self.caption.value = (f"frame {frame + 1} of {len(self.frames)}, rollout through layer {layer + 1} of "
-                              f"{self.maps.shape[0]}: {spread}")
+        view = stepper_view(self.frames, self.maps, frame - 1, layer - 1, self.opacity.value, self.width)
+        self.image.value = encode_png(view["image"])
+        self.caption.value = html.escape(caption_text(frame, len(self.frames), layer, self.maps.shape[0],
+                                                      self.layer_names[layer - 1], view["area"]))
+
+    def static_html(self) -> str:
+        """The stepper without a kernel: every (frame, layer) picture at the current opacity, two range inputs."""
+        frames, layers = len(self.frames), self.maps.shape[0]
+        pictures, captions = [], []
+        for layer in range(layers):
+            for frame in range(frames):
+                view = stepper_view(self.frames, self.maps, frame, layer, self.opacity.value, self.width)
+                pictures.append("data:image/png;base64," + base64.b64encode(encode_png(view["image"])).decode())
+                captions.append(caption_text(frame + 1, frames, layer + 1, layers, self.layer_names[layer],
+                                             view["area"]))
+        uid = f"stepper{id(self):x}"
+        first = (layers - 1) * frames
+        return (f'<div id="{uid}">' + (f"<b>{html.escape(self.title)}</b><br>" if self.title else "")
+                + f'<label>frame <input type="range" class="frame" min="1" max="{frames}" value="1"></label> '
+                f'<label>layer <input type="range" class="layer" min="1" max="{layers}" value="{layers}"></label>'
+                f'<br><img alt="frame, rollout map and blend" src="{pictures[first]}"><div class="caption">'
+                f"{html.escape(captions[first])}</div></div><script>(function () {{"
+                f"var root = document.getElementById('{uid}'), pictures = {json.dumps(pictures)}, "
+                f"captions = {json.dumps(captions)}, frames = {frames};"
+                "var frame = root.querySelector('.frame'), layer = root.querySelector('.layer');"
+                "function show() { var i = (layer.value - 1) * frames + (frame.value - 1);"
+                "root.querySelector('img').src = pictures[i]; root.querySelector('.caption').textContent = captions[i]; }"
+                "frame.addEventListener('input', show); layer.addEventListener('input', show);"
+                "})();</script>")
+
+    def _repr_mimebundle_(self, **kwargs) -> dict:
+        """The widget, plus `static_html` for pages without a kernel (nbconvert shows it instead)."""
+        bundle = dict(super()._repr_mimebundle_(**kwargs) or {})
+        bundle["text/html"] = self.static_html()
+        return bundle

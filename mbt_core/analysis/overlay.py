@@ -2,9 +2,12 @@
 
 `clip_rollout` runs the model on one clip with `capture_attention=True`, rolls the attention out with
 `rollout.mbt_rollout` and lays each readout onto its modality's patch grid: video (t, h, w), spectrogram
-(time, freq). Overlays upsample a grid map to pixels (cv2.resize), colour it (cv2.applyColorMap) and
-blend it over the frame or the spectrogram (time across, low mel at the bottom). Images are RGB uint8
-throughout; the BGR order OpenCV wants is applied only when writing files.
+(time, freq). Overlays upsample a grid map to pixels by nearest patch (each patch one flat block), colour it
+(cv2.applyColorMap) and blend it over the frame or the spectrogram (time across, low mel at the bottom):
+(1 - a) * picture + a * colours, so the picture shows through. Figures put the picture, the map and the
+blend side by side at a display size where the objects are visible (whole-factor nearest enlargement),
+spectrograms with time (s) and frequency (mel bin, Hz) axes. Images are RGB uint8 throughout; the BGR
+order OpenCV wants is applied only when writing files.
 """
 from __future__ import annotations
 
@@ -18,13 +21,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mbt_core.analysis.panels import captioned, column, nice_ticks, patch_grid_lines, row, with_axes
 from mbt_core.analysis.rollout import mbt_rollout, tightness
 from mbt_core.config import MBTConfig, is_spectrogram
+from mbt_core.media.audio import FRAMES_PER_SECOND, mel_centres
 from mbt_core.media.images import spectrogram_image, to_uint8
 from mbt_core.model.model import MBT
 
 COLORMAP = cv2.COLORMAP_JET
-FONT = cv2.FONT_HERSHEY_SIMPLEX
+PANEL_WIDTH = 240  # display pixels of one panel: a 24-pixel synthetic frame is enlarged 10 times
 
 
 @functools.lru_cache(maxsize=16)
@@ -108,33 +113,67 @@ def summed_map(video_map: np.ndarray, tubelet: int = 1) -> np.ndarray:
     return frame_maps(video_map, tubelet).sum(axis=0)
 
 
-def upsample(grid_map: np.ndarray, size: tuple[int, int], interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
-    """An (h, w) patch map resized to (height, width) pixels with cv2.resize (float32)."""
+def upsample(grid_map: np.ndarray, size: tuple[int, int], interpolation: int = cv2.INTER_NEAREST) -> np.ndarray:
+    """An (h, w) patch map resized to (height, width) pixels (float32): nearest patch by default, so each patch
+    stays one flat block and the patch grid shows; pass cv2.INTER_LINEAR for a smooth map."""
     return cv2.resize(np.asarray(grid_map, np.float32), (int(size[1]), int(size[0])), interpolation=interpolation)
+
+
+def heat_colours(heat: np.ndarray, colormap: int = COLORMAP, vmax: float | None = None) -> np.ndarray:
+    """A non-negative (H, W) map scaled by `vmax` (default its max) to 0..255 and coloured: RGB uint8."""
+    heat = np.asarray(heat, np.float32)
+    top = float(heat.max()) if vmax is None else float(vmax)
+    scaled = np.clip(heat / top, 0.0, 1.0) if top > 0 else np.zeros_like(heat)
+    return cv2.cvtColor(cv2.applyColorMap(np.rint(scaled * 255).astype(np.uint8), colormap), cv2.COLOR_BGR2RGB)
 
 
 def blend(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, colormap: int = COLORMAP,
           vmax: float | None = None) -> np.ndarray:
-    """A non-negative (H, W) heat map scaled by `vmax` (default its max), coloured by an OpenCV colormap, over an RGB image."""
+    """(1 - alpha) * image + alpha * heat_colours(heat), rounded: an RGB (or grey) uint8 image under a coloured map."""
     image = np.asarray(image, np.uint8)
     image = np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image
-    heat = np.asarray(heat, np.float32)
-    if heat.shape != image.shape[:2]:
-        raise ValueError(f"heat map {heat.shape} and image {image.shape[:2]} differ in size")
-    top = float(heat.max()) if vmax is None else float(vmax)
-    scaled = np.clip(heat / top, 0.0, 1.0) if top > 0 else np.zeros_like(heat)
-    coloured = cv2.applyColorMap(np.rint(scaled * 255).astype(np.uint8), colormap)
-    return cv2.addWeighted(image, 1.0 - alpha, cv2.cvtColor(coloured, cv2.COLOR_BGR2RGB), alpha, 0.0)
+    if np.shape(heat) != image.shape[:2]:
+        raise ValueError(f"heat map {np.shape(heat)} and image {image.shape[:2]} differ in size")
+    return cv2.addWeighted(image, 1.0 - alpha, heat_colours(heat, colormap, vmax), alpha, 0.0)
+
+
+def display_size(shape: tuple[int, int], width: int) -> tuple[int, int]:
+    """(H, W) of a picture enlarged by the whole factor that brings its width nearest to `width` (at least 1)."""
+    factor = max(1, round(width / shape[1]))
+    return shape[0] * factor, shape[1] * factor
 
 
 def frame_overlay(frame: np.ndarray, grid_map: np.ndarray, size: tuple[int, int] | None = None, alpha: float = 0.5,
                   colormap: int = COLORMAP, vmax: float | None = None) -> np.ndarray:
-    """One frame (RGB, uint8 or float in [-1, 1]) with an (h, w) patch map blended over it, at `size` (H, W)."""
+    """One frame (RGB, uint8 or float in [-1, 1]) with an (h, w) patch map blended over it, at `size` (H, W);
+    frame and map are enlarged by nearest neighbour, so pixels and patches stay sharp."""
     frame = to_uint8(frame)
     size = tuple(size or frame.shape[:2])
     if size != frame.shape[:2]:
-        frame = cv2.resize(frame, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+        frame = cv2.resize(frame, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
     return blend(frame, upsample(grid_map, size), alpha, colormap, vmax)
+
+
+def frame_panels(frame: np.ndarray, grid_map: np.ndarray, width: int = PANEL_WIDTH, alpha: float = 0.5,
+                 colormap: int = COLORMAP, vmax: float | None = None) -> dict[str, np.ndarray]:
+    """The frame, the map on its patch grid and their blend, each enlarged towards `width` pixels (whole factor).
+
+    Frame and map panels carry the patch grid's borders as thin white lines; the blend is exactly
+    `blend(frame, upsample(map), alpha)` at the display size, so the frame's pixels show through it."""
+    size = display_size(to_uint8(frame).shape[:2], width)
+    big = cv2.resize(to_uint8(frame), (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+    heat = upsample(grid_map, size)
+    grid = np.shape(grid_map)
+    return {"frame": patch_grid_lines(big, grid), "map": patch_grid_lines(heat_colours(heat, colormap, vmax), grid),
+            "blend": blend(big, heat, alpha, colormap, vmax)}
+
+
+def frame_triptych(frame: np.ndarray, grid_map: np.ndarray, width: int = PANEL_WIDTH, alpha: float = 0.5,
+                   colormap: int = COLORMAP, vmax: float | None = None) -> np.ndarray:
+    """`frame_panels` side by side, each captioned: frame, rollout, blend at its opacity."""
+    panels = frame_panels(frame, grid_map, width, alpha, colormap, vmax)
+    names = ("frame (patch grid)", "rollout map", f"blend, map opacity {alpha:.0%}")
+    return row([captioned(image, [name]) for image, name in zip(panels.values(), names)])
 
 
 def frames_overlay(frames: np.ndarray, video_map: np.ndarray, tubelet: int, size: tuple[int, int] | None = None,
@@ -160,61 +199,69 @@ def spectrogram_overlay(spectrogram: np.ndarray, spec_map: np.ndarray, size: tup
     image = spectrogram_image(spectrogram)
     size = tuple(size or image.shape[:2])
     if size != image.shape[:2]:
-        image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+        image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
     return blend(image, upsample(np.asarray(spec_map).T[::-1], size), alpha, colormap)
 
 
-def _panel_size(example: Mapping[str, np.ndarray], source: str, width: int) -> tuple[int, int]:
-    """Display size of a modality's panel at `width` pixels, keeping its aspect (spectrograms at least width/4 high)."""
-    if is_spectrogram(source):
-        time, mel = np.shape(example[source])[:2]
-        return max(int(round(mel * width / time)), width // 4), width
-    height, frame_width = np.shape(example[source])[1:3]
-    return int(round(height * width / frame_width)), width
+def spectrogram_panels(spectrogram: np.ndarray, spec_map: np.ndarray, width: int = 3 * PANEL_WIDTH,
+                       alpha: float = 0.5, colormap: int = COLORMAP) -> dict[str, np.ndarray]:
+    """The spectrogram, the map on its patch grid and their blend, one above the other, with time (s) and
+    frequency (mel bin, Hz) axes; whole-factor enlargement, at least 2 pixels per mel bin."""
+    image = spectrogram_image(spectrogram)  # (mel, time)
+    mel, time = image.shape[:2]
+    kx, ky = max(1, round(width / time)), max(2, round(128 / mel))
+    size = (mel * ky, time * kx)
+    big = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+    grid = np.asarray(spec_map).T[::-1]  # (freq, time), low frequencies at the bottom
+    heat = upsample(grid, size)
+    seconds = time / FRAMES_PER_SECOND
+    x_ticks = [(t * FRAMES_PER_SECOND * kx, f"{t:g}") for t in nice_ticks(0, seconds)]
+    hz = mel_centres(mel)
+    y_ticks = [((mel - 1 - b + 0.5) * ky, f"{b} ({hz[b] / 1000:.1f}k)") for b in map(int, nice_ticks(0, mel - 1, 4))]
+    axes = lambda picture: with_axes(picture, x_ticks, y_ticks, "time (s)", "mel bin (Hz)")
+    return {"frame": axes(patch_grid_lines(big, grid.shape)),
+            "map": axes(patch_grid_lines(heat_colours(heat, colormap), grid.shape)),
+            "blend": axes(blend(big, heat, alpha, colormap))}
 
 
-def _header(lines: list[str], width: int, line_height: int = 20) -> np.ndarray:
-    """A white strip with black text lines, shrunk to fit the width."""
-    strip = np.full((line_height * len(lines) + 6, width, 3), 255, np.uint8)
-    for i, text in enumerate(lines):
-        scale = 0.45
-        text_width = cv2.getTextSize(text, FONT, scale, 1)[0][0]
-        if text_width > width - 8:
-            scale *= (width - 8) / text_width
-        cv2.putText(strip, text, (4, line_height * (i + 1) - 4), FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
-    return strip
+def spectrogram_triptych(spectrogram: np.ndarray, spec_map: np.ndarray, width: int = 3 * PANEL_WIDTH,
+                         alpha: float = 0.5, colormap: int = COLORMAP) -> np.ndarray:
+    """`spectrogram_panels` one above the other, each captioned."""
+    panels = spectrogram_panels(spectrogram, spec_map, width, alpha, colormap)
+    names = ("log-mel spectrogram (patch grid)", "rollout map", f"blend, map opacity {alpha:.0%}")
+    return column([captioned(image, [name]) for image, name in zip(panels.values(), names)])
 
 
 def side_by_side(example: Mapping[str, np.ndarray], results: Mapping[str, Mapping[str, Any]], source: str = "rgb",
-                 readout: str | None = None, frame: int | None = None, panel_width: int = 320, mass: float = 0.5,
-                 alpha: float = 0.5, colormap: int = COLORMAP) -> tuple[np.ndarray, dict[str, dict | None]]:
-    """Models' maps for one clip side by side (Fig. 6: vanilla fusion vs MBT), each labelled with its `tightness`.
+                 readout: str | None = None, frame: int | None = None, panel_width: int = PANEL_WIDTH,
+                 mass: float = 0.5, alpha: float = 0.5, colormap: int = COLORMAP) -> tuple[np.ndarray, dict[str, dict | None]]:
+    """Models' maps for one clip (Fig. 6: vanilla fusion vs MBT), one captioned row per model with its `tightness`.
 
-    `results` maps a label to a `clip_rollout` result. A video panel shows the map summed over frames on one
-    frame, a spectrogram panel the map on the spectrogram. The statistics (area holding `mass` of the map,
-    entropy) are computed on the shown patch-grid map and returned per label; None where the map is zero.
+    `results` maps a label to a `clip_rollout` result. A video row shows `frame_triptych` of the map summed over
+    frames on one frame (default the middle one); a spectrogram row `spectrogram_triptych`. The statistics (area
+    holding `mass` of the map, entropy) are computed on the shown patch-grid map and returned per label; None
+    where the map is zero.
     """
     if not results:
         raise ValueError("side_by_side needs at least one model's rollout")
-    size = _panel_size(example, source, panel_width)
-    panels, stats = [], {}
+    rows, stats = [], {}
     for label, result in results.items():
         grid_map = select_map(result, source, readout)
         shown = grid_map if is_spectrogram(source) else summed_map(grid_map)
         if is_spectrogram(source):
-            image = spectrogram_overlay(example[source], shown, size, alpha, colormap)
+            body = spectrogram_triptych(example[source], shown, 3 * panel_width, alpha, colormap)
         else:
-            image = summed_overlay(example[source], grid_map, frame, size, alpha, colormap)
+            frames = example[source]
+            body = frame_triptych(frames[len(frames) // 2 if frame is None else frame], shown, panel_width, alpha,
+                                  colormap)
         if float(shown.sum()) > 0:
             stats[label] = tightness(shown, mass)
             line = (f"{mass:.0%} of mass in {stats[label]['area']:.1%} of patches, "
                     f"entropy {stats[label]['entropy']:.2f} nats")
         else:
             stats[label], line = None, "no attention mass reaches these patches"
-        panels.append(np.concatenate([_header([str(label), line], panel_width), image]))
-    gap = np.full((panels[0].shape[0], 8, 3), 255, np.uint8)
-    joined = [p for panel in panels for p in (gap, panel)][1:]
-    return np.concatenate(joined, axis=1), stats
+        rows.append(captioned(body, [str(label), line]))
+    return column(rows, gap=16), stats
 
 
 def write_png(path: str | Path, image: np.ndarray) -> Path:
@@ -251,18 +298,21 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float) -> Path:
 
 
 def export_clip(example: Mapping[str, np.ndarray], result: Mapping[str, Any], out_dir: str | Path,
-                stem: str = "clip", readout: str | None = None, panel_width: int = 320,
-                fps: float | None = None) -> dict[str, Path]:
-    """Write a clip's overlays: per video modality `<stem>_<m>_summed.png` and `<stem>_<m>_frames.mp4`, per spectrogram `<stem>_<m>.png`."""
+                stem: str = "clip", readout: str | None = None, panel_width: int = PANEL_WIDTH,
+                fps: float | None = None, alpha: float = 0.5) -> dict[str, Path]:
+    """Write a clip's overlays: per video modality `<stem>_<m>_summed.png` (frame, map, blend of the map summed over
+    frames) and `<stem>_<m>_frames.mp4` (the blend frame by frame), per spectrogram `<stem>_<m>.png`."""
     out, written = Path(out_dir), {}
     for m in result["modalities"]:
         grid_map = select_map(result, m, readout)
-        size = _panel_size(example, m, panel_width)
         if is_spectrogram(m):
-            written[f"{m}_png"] = write_png(out / f"{stem}_{m}.png", spectrogram_overlay(example[m], grid_map, size))
+            written[f"{m}_png"] = write_png(out / f"{stem}_{m}.png",
+                                            spectrogram_triptych(example[m], grid_map, 3 * panel_width, alpha))
         elif np.shape(example[m])[-1] == 3:  # colour frames; other video modalities (flow) have no picture
-            written[f"{m}_summed_png"] = write_png(out / f"{stem}_{m}_summed.png",
-                                                   summed_overlay(example[m], grid_map, size=size))
-            video = frames_overlay(example[m], grid_map, result["patch_shapes"][m][0], size)
+            frames = example[m]
+            written[f"{m}_summed_png"] = write_png(out / f"{stem}_{m}_summed.png", frame_triptych(
+                frames[len(frames) // 2], summed_map(grid_map), panel_width, alpha))
+            size = display_size(np.shape(frames)[1:3], panel_width)
+            video = frames_overlay(frames, grid_map, result["patch_shapes"][m][0], size, alpha)
             written[f"{m}_mp4"] = write_mp4(out / f"{stem}_{m}_frames.mp4", video, fps or result["frame_rate"])
     return written

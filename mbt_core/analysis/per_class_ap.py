@@ -153,22 +153,20 @@ def _png_unavailable() -> str | None:
 
 
 def export_figure(fig: go.Figure, path_stem: str | Path) -> dict[str, Path]:
-    """Write `<stem>.html` (plotly.js inlined, works offline) and `<stem>.png` where kaleido and a Chrome exist."""
+    """Write `<stem>.html` (plotly.js inlined, works offline) and `<stem>.png` where kaleido and a Chrome exist;
+    the files written, by kind (the PNG is an extra: without it nothing is printed, the HTML is the figure)."""
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     html = Path(f"{stem}.html")
     fig.write_html(html, include_plotlyjs=True)
     written = {"html": html}
-    why = _png_unavailable()
-    if why is None:
+    if _png_unavailable() is None:
         png = Path(f"{stem}.png")
         try:
             fig.write_image(png)
             written["png"] = png
-        except Exception as e:  # kaleido's failures vary by version and browser; the HTML is already written
-            why = f"kaleido failed ({type(e).__name__}: {e})"
-    if why is not None:
-        print(f"PNG of {stem.name} skipped: {why}; wrote {html}")
+        except Exception:  # kaleido's failures vary by version and browser; the HTML is already written
+            pass
     return written
 
 

@@ -145,6 +145,14 @@ def load_audio(path: str | os.PathLike, start: float, seconds: float, *, lo: flo
     return out
 
 
+FRAMES_PER_SECOND = SAMPLE_RATE / MEL["hop_length"]  # spectrogram frames per second of audio
+
+
+def mel_centres(mel_bins: int) -> np.ndarray:
+    """Centre frequency in Hz of each bin of `log_mel` (librosa's mel scale between MEL's fmin and fmax)."""
+    return librosa.mel_frequencies(n_mels=mel_bins + 2, fmin=MEL["fmin"], fmax=MEL["fmax"])[1:-1]
+
+
 def log_mel(samples: np.ndarray, mel_bins: int = 128) -> np.ndarray:
     """Log-mel spectrogram of 16 kHz mono samples, float32 (time, mel): 1 + n // 160 frames (Sec. 4.2)."""
     mel = librosa.feature.melspectrogram(y=np.asarray(samples, np.float32), n_mels=mel_bins, **MEL)
