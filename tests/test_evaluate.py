@@ -75,6 +75,7 @@ def _epic_data_dir(root):
     records = [r for r in read_epic(epic("EPIC_100_validation_head300.csv"), epic("EPIC_100_verb_classes.csv"),
                                     epic("EPIC_100_noun_classes.csv")) if r.end <= 16]
     records = [dataclasses.replace(r, split="test" if i % 3 == 2 else "train") for i, r in enumerate(records)]
+    (root / "P01" / "videos").mkdir(parents=True)
     for video in sorted({r.video for r in records}):
         write_video(root / "P01" / "videos" / f"{video}.MP4", index_frames(400, 32, 32), 25,
                     audio=tone(440, 16, 16000), rate=16000)
