@@ -250,7 +250,8 @@ def train_and_evaluate(run: RunConfig, workdir: str | Path, data: TrainData, *, 
     best = json.loads(best_path.read_text())["value"] if best_path.exists() else -math.inf
     mesh = data_mesh()
     replicated = NamedSharding(mesh, PartitionSpec())
-    state = jax.device_put(state, replicated)
+    # Through host values: every process holds the same state, and jax moves no array between hosts on CPU.
+    state = jax.device_put(jax.device_get(state), replicated)
     # Donated (held once): on a non-finite loss the step returns its input state, which the guard checkpoints.
     step_fn = jax.jit(make_train_step(run, tx, data.label_type), donate_argnums=0)
     validate = data.validate if cfg.eval_every else None
