@@ -466,3 +466,23 @@ def test_two_processes_write_the_run_files_once_and_each_resumes_its_own_iterato
     # The same as two processes that were never stopped; both processes hold the same parameters.
     straight = _two_processes(script, tmp_path / "straight")
     assert resumed[0]["params"] == resumed[1]["params"] == straight[0]["params"]
+
+
+def test_iterator_states_of_another_process_or_process_count_are_refused(tmp_path):
+    from mbt_core.train.loop import check_process_count
+
+    run = micro_run()
+    split, labels, _ = mock_split(run.model, n=8)
+    it = TrainIterator(split, labels, run)
+    state = it.get_state()
+    assert (state["process_index"], state["process_count"]) == (0, 1)
+    with pytest.raises(ValueError, match="process 1 of 2 cannot continue the stream of process 0 of 1"):
+        it.set_state({**state, "process_index": 1, "process_count": 2})
+    data = tmp_path / "data"
+    data.mkdir()
+    for pid in (0, 1):
+        (data / f"process_{pid}-of-2.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"another number of processes \(process_0-of-2.json, process_1-of-2.json\)"):
+        check_process_count(data)
+    (data / "process_0-of-1.json").write_text("{}")
+    check_process_count(data)  # this process's file is there
