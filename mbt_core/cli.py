@@ -108,10 +108,12 @@ def cmd_tokenise(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from mbt_core.experiment import evaluate_run
+    from mbt_core.train.evaluate import accuracy_fields
 
     report = evaluate_run(args.run_dir, args.split, args.checkpoint)
     kinds = report.get("mAP_by_kind", {})
     print(f"{args.run_dir}: mAP {report['mAP']:.4f} on {args.split} ({report['num_clips']} clips)"
+          + "".join(f"; {k} {v:.4f}" for k, v in accuracy_fields(report).items())
           + "".join(f"; {k} {v:.4f} (positive rate {report['positive_rate_by_kind'][k]:.3f})" for k, v in kinds.items()))
 
 

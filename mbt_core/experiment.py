@@ -1,6 +1,6 @@
 """Runs on a data directory: `train_run`, `evaluate_run` and `sweep` (the ablation grid of Fig. 3).
 
-Each writes into its run directory and resumes: a finished run is not trained again, an interrupted
+Each writes into its run directory (on several hosts, process 0 writes) and resumes: a finished run is not trained again, an interrupted
 one continues from its latest checkpoint, and a run directory started with another configuration is
 refused before any work (`run_dir.check_resume`; `restart=True` moves the old run aside first).
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import jax
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from mbt_core.data.pipeline import TrainIterator, load_dataset, steps_per_epoch, tokenised_split
@@ -21,17 +22,29 @@ from mbt_core.model.vit_init import init_from_vit
 from mbt_core.recipes import RunConfig
 from mbt_core.run_dir import (check_resume, read_config, read_eval, set_aside, writable_dir, write_evaluation,
                               write_results)
-from mbt_core.train.evaluate import evaluation_report, predict
+from mbt_core.train.evaluate import accuracy_fields, evaluation_report, predict
 from mbt_core.train.loop import TrainData, checkpoint_manager, init_state, restore, train_and_evaluate
 
 
-def fit_classes(run: RunConfig, classes: Sequence[str]) -> RunConfig:
-    """The run with the model's head sized to the dataset's classes (a recipe does not know the data)."""
-    if run.model.heads is None and run.model.num_classes != len(classes):
-        return dataclasses.replace(run, model=run.model.replace(num_classes=len(classes)))
-    if run.model.total_classes != len(classes):
-        raise ValueError(f"model.num_classes {run.model.num_classes} does not match the data's {len(classes)} classes")
+def fit_classes(run: RunConfig, dataset: Any) -> RunConfig:
+    """The run with the model's head sized to the dataset's classes, one head per card head for multi-head data
+    (a recipe does not know the data)."""
+    heads = dataset.head_sizes
+    if heads and run.model.heads is None:
+        return dataclasses.replace(run, model=run.model.replace(num_classes=heads))
+    if heads and run.model.heads != heads:
+        raise ValueError(f"model.num_classes {run.model.heads} does not match the data's heads {heads}")
+    if run.model.heads is None and run.model.num_classes != len(dataset.classes):
+        return dataclasses.replace(run, model=run.model.replace(num_classes=len(dataset.classes)))
+    if run.model.total_classes != len(dataset.classes):
+        raise ValueError(f"model.num_classes {run.model.num_classes} does not match the data's "
+                         f"{len(dataset.classes)} classes")
     return run
+
+
+def selection_metric(dataset: Any) -> str:
+    """What validation ranks checkpoints by: action top-1 for EPIC's verb and noun heads (its card's metric), else mAP."""
+    return "action_top1" if set(dataset.heads or ()) == {"verb", "noun"} else "mAP"
 
 
 def check_batch_size(run: RunConfig, clips: int, what: str) -> None:
@@ -47,16 +60,19 @@ def run_split(run: RunConfig, dataset: Any, split: str, views: int, progress: bo
 
 
 def validation(run: RunConfig, dataset: Any, progress: bool = True) -> Callable[[Any], dict]:
-    """A function of the parameters giving the validation split's mAP (one centred view per clip)."""
+    """A function of the parameters giving the validation split's mAP, and the selection metric when it is
+    another (one centred view per clip)."""
     val = run_split(run, dataset, run.data.val_split, 1, progress)
     targets = dataset.labels(run.data.val_split, val.index)
+    keys = dict.fromkeys(["mAP", selection_metric(dataset)])
 
     def evaluate(params: Any) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # classes without positives are reported by `mbt evaluate`
             logits = predict(run.model, params, val, run.train.batch_size, run.model.modalities)
-            report = evaluation_report({"fused": logits["fused"]}, targets, dataset.classes, dataset.label_type)
-        return {"mAP": report["mAP"]}
+            report = evaluation_report({"fused": logits["fused"]}, targets, dataset.classes, dataset.label_type,
+                                       heads=dataset.head_sizes)
+        return {k: report[k] for k in keys}
     return evaluate
 
 
@@ -67,19 +83,21 @@ def train_data(run: RunConfig, dataset: Any, progress: bool = True) -> TrainData
     check_batch_size(run, len(split), f"split {run.data.train_split!r} (readable clips)")
     batches = TrainIterator(split, dataset.labels(run.data.train_split, split.index), run)
     return TrainData(batches, dataset.label_type, steps_per_epoch(len(split), run.train.batch_size),
-                     validation(run, dataset, progress) if run.train.eval_every else None)
+                     validation(run, dataset, progress) if run.train.eval_every else None, selection_metric(dataset))
 
 
 def train_run(run: RunConfig, out_dir: str | Path, progress: bool = True, restart: bool = False) -> RunConfig:
     """Train `run` on its data directory into `out_dir` (resuming when checkpoints of the same config exist;
     with `restart`, after moving an earlier run's files to `out_dir/previous/<n>/`); the run as trained."""
     dataset = load_dataset(run.data)
-    run = fit_classes(run, dataset.classes)
+    run = fit_classes(run, dataset)
     if run.data.train_split in dataset.splits:
         check_batch_size(run, len(dataset.splits[run.data.train_split]), f"split {run.data.train_split!r}")
     writable_dir(out_dir, "run directory")
-    if restart and (moved := set_aside(out_dir)) is not None:
+    if restart and jax.process_index() == 0 and (moved := set_aside(out_dir)) is not None:
         print(f"{out_dir}: the earlier run's files were moved to {moved}")
+    if restart:
+        multihost_utils.sync_global_devices("set_aside")  # every process sees the emptied directory
     check_resume(out_dir, run)  # here too: refused before tokenising
     data = train_data(run, dataset, progress)
     run = run.resolve_epochs(data.steps_per_epoch)
@@ -105,7 +123,7 @@ def load_params(run_dir: str | Path, which: str = "latest") -> tuple[RunConfig, 
     restored = restore(manager, template)
     if restored is None:
         raise FileNotFoundError(f"{run_dir}: no {which} checkpoint to evaluate")
-    return run, restored[0].params
+    return run, restored.params
 
 
 def load_run_split(run_dir: str | Path, split: str = "test", which: str = "latest") -> tuple[RunConfig, Any, Any]:
@@ -125,10 +143,12 @@ def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "latest"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # excluded classes are reported in the file instead
         logits = predict(run.model, params, cached, run.train.batch_size)
-        report = evaluation_report(logits, targets, dataset.classes, dataset.label_type, dataset.class_kinds())
+        report = evaluation_report(logits, targets, dataset.classes, dataset.label_type, dataset.class_kinds(),
+                                   dataset.head_sizes)
     report.update(split=split, checkpoint=which, views=run.train.eval_views, label_type=dataset.label_type)
-    write_evaluation(run_dir, report, clip_ids=cached.clip_ids, targets=targets, classes=dataset.classes,
-                     logits=logits, kinds=dataset.class_kinds())
+    if jax.process_index() == 0:
+        write_evaluation(run_dir, report, clip_ids=cached.clip_ids, targets=targets, classes=dataset.classes,
+                         logits=logits, kinds=dataset.class_kinds())
     return report
 
 
@@ -164,7 +184,6 @@ def sweep(base: RunConfig, out_dir: str | Path, settings: Sequence[tuple[str, in
     """
     out = writable_dir(out_dir, "sweep directory")
     dataset = load_dataset(base.data)
-    classes = dataset.classes
     runs = [base.replace(model={"fusion": fusion, "fusion_layer": lf, "num_bottlenecks": b})
             for fusion, lf, b in settings]
     trained = {}  # model key -> (the run of its first setting, its directory)
@@ -173,7 +192,7 @@ def sweep(base: RunConfig, out_dir: str | Path, settings: Sequence[tuple[str, in
         trained.setdefault(model_key(run), (run, out / variant_name(m.fusion, m.fusion_layer, m.num_bottlenecks)))
     if not restart:  # every setting checked before the first one trains
         for run, run_dir in trained.values():
-            check_resume(run_dir, fit_classes(run, classes))
+            check_resume(run_dir, fit_classes(run, dataset))
     todo = [(run, run_dir) for run, run_dir in trained.values() if restart or not (run_dir / "eval.json").exists()]
     if todo:  # the token cache every setting reads, built once before any trains (settings share the geometry)
         first = todo[0][0]
@@ -209,6 +228,8 @@ def sweep(base: RunConfig, out_dir: str | Path, settings: Sequence[tuple[str, in
         rows.append({"fusion": model.fusion, "fusion_layer": model.fusion_layer,
                      "num_bottlenecks": model.num_bottlenecks, "num_layers": model.num_layers, "mAP": report["mAP"],
                      "gflops": gflops(model), "gflops_official": gflops(model, "official"),
-                     **{f"mAP_{k}": v for k, v in report.get("mAP_by_kind", {}).items()}, "run_dir": str(run_dir)})
-    write_results(out, rows)
+                     **{f"mAP_{k}": v for k, v in report.get("mAP_by_kind", {}).items()}, **accuracy_fields(report),
+                     "run_dir": str(run_dir)})
+    if jax.process_index() == 0:
+        write_results(out, rows)
     return rows

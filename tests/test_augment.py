@@ -3,6 +3,7 @@
 Each is checked against a closed form: where a crop came from, the slope of a ramp, luma weights, mask
 widths within their bounds, and the mixup formulas with one partner permutation for all modalities.
 """
+import colorsys
 import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -49,35 +50,68 @@ def test_flip():
     assert augment.random_flip(frames, np.random.default_rng(0), p=0.0) is frames
 
 
+def _colour_reference(frames, rng, p=0.8, drop=0.1, brightness=32 / 255, saturation=(0.6, 1.4),
+                      contrast=(0.6, 1.4), hue=0.2):
+    """The documented colour jitter in float64, pixel by pixel through the standard library's colorsys."""
+    x = frames / 255.0
+    to_hsv, to_rgb = np.vectorize(colorsys.rgb_to_hsv), np.vectorize(colorsys.hsv_to_rgb)
+    if rng.random() < p:
+        b, s, c, t = (rng.uniform(-brightness, brightness), rng.uniform(*saturation), rng.uniform(*contrast),
+                      rng.uniform(-hue, hue))
+        h, sat, v = to_hsv(*np.moveaxis(np.clip(x + b, 0, 1), -1, 0))
+        x = np.stack(to_rgb(h, np.minimum(sat * s, 1.0), v), -1)
+        mean = x.mean(axis=(1, 2), keepdims=True)
+        h, sat, v = to_hsv(*np.moveaxis(np.clip((x - mean) * c + mean, 0, 1), -1, 0))
+        x = np.clip(np.stack(to_rgb((h + t) % 1.0, sat, v), -1), 0, 1)
+    if rng.random() < drop:
+        x = np.repeat(x @ np.array([0.2989, 0.5870, 0.1140]), 3).reshape(x.shape)
+    return x
+
+
+@pytest.mark.parametrize("p, drop", [(1.0, 0.0), (0.8, 0.1), (0.0, 1.0), (1.0, 1.0)])
+def test_colour_jitter_matches_a_colorsys_reference_draw_for_draw(p, drop):
+    # Same seed, same draws in the documented order: uint8 in, float32 [0, 1] out, within float32 rounding.
+    frames = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    frames[0, 0, :3] = [[255, 0, 0], [0, 0, 0], [255, 255, 255]]  # hue 0, V = 0, S = 0
+    for seed in range(12):
+        got = augment.color_jitter(frames, np.random.default_rng(seed), p=p, drop=drop)
+        assert got.dtype == np.float32 and got.shape == frames.shape
+        np.testing.assert_allclose(got, _colour_reference(frames, np.random.default_rng(seed), p=p, drop=drop),
+                                   atol=2e-5)
+
+
 def test_colour_jitter_closed_forms():
     rng = np.random.default_rng(0)
-    x = rng.uniform(0.2, 0.8, (2, 4, 5, 3)).astype(np.float32)
+    x = rng.integers(50, 200, (2, 4, 5, 3), dtype=np.uint8)
     same = dict(saturation=(1.0, 1.0), contrast=(1.0, 1.0), hue=0.0)
-    np.testing.assert_array_equal(augment.color_jitter(x, rng, p=0.0, drop=0.0), x)
+    np.testing.assert_array_equal(augment.color_jitter(x, rng, p=0.0, drop=0.0), x / np.float32(255))
     # Brightness alone: one offset for the whole clip, within +-32/255.
-    shift = augment.color_jitter(x, rng, p=1.0, drop=0.0, **same) - x
+    shift = augment.color_jitter(x, rng, p=1.0, drop=0.0, **same) - x / 255
     assert np.ptp(shift) < 1e-5 and abs(shift.mean()) <= 32 / 255 + 1e-6
     # Contrast alone, by exactly 2: about each frame's channel means.
     out = augment.color_jitter(x, rng, p=1.0, drop=0.0, brightness=0.0, saturation=(1, 1), contrast=(2, 2), hue=0.0)
-    mean = x.mean(axis=(1, 2), keepdims=True)
-    np.testing.assert_allclose(out, np.clip(2 * (x - mean) + mean, 0, 1), atol=1e-5)
-    # Through HSV: half a turn of hue maps pure red to cyan; no saturation leaves each pixel's maximum.
-    red = np.zeros((1, 2, 2, 3), np.float32)
+    mean = (x / 255).mean(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(out, np.clip(2 * (x / 255 - mean) + mean, 0, 1), atol=1e-5)
+    # Half a turn of hue maps pure red to cyan; no saturation leaves each pixel's maximum.
+    red = np.zeros((2, 2, 3), np.float32)
     red[..., 0] = 1.0
-    np.testing.assert_allclose(augment._hsv(red, hue=0.5), np.broadcast_to([0.0, 1.0, 1.0], red.shape), atol=1e-5)
-    np.testing.assert_allclose(augment._hsv(x, saturation=0.0), np.repeat(x.max(-1), 3).reshape(x.shape), atol=1e-5)
+    for turn in (0.5, -0.5):
+        np.testing.assert_allclose(augment._hsv(red, hue=turn), np.broadcast_to([0.0, 1.0, 1.0], red.shape), atol=1e-5)
+    flat = augment.color_jitter(x, rng, p=1.0, drop=0.0, brightness=0.0, saturation=(0, 0), contrast=(1, 1), hue=0.0)
+    np.testing.assert_allclose(flat, np.repeat(x.max(-1) / 255, 3).reshape(x.shape), atol=1e-5)
     # Colour drop: every channel the ITU-R 601 luma.
     grey = augment.color_jitter(x, rng, p=0.0, drop=1.0)
-    np.testing.assert_allclose(grey, np.repeat(x @ np.array([0.2989, 0.5870, 0.1140]), 3).reshape(x.shape), atol=1e-6)
+    np.testing.assert_allclose(grey, np.repeat(x / 255 @ np.array([0.2989, 0.5870, 0.1140]), 3).reshape(x.shape),
+                               atol=1e-6)
 
 
 def test_colour_jitter_is_one_draw_per_clip_and_stays_in_range():
     rng = np.random.default_rng(1)
-    frame = rng.uniform(0, 1, (1, 6, 6, 3)).astype(np.float32)
+    frame = rng.integers(0, 256, (1, 6, 6, 3), dtype=np.uint8)
     for seed in range(20):
         out = augment.color_jitter(np.repeat(frame, 4, 0), np.random.default_rng(seed))
         assert out.dtype == np.float32 and out.min() >= 0.0 and out.max() <= 1.0
-        np.testing.assert_array_equal(out, np.repeat(out[:1], 4, 0))
+        np.testing.assert_allclose(out, np.repeat(out[:1], 4, 0), atol=1e-6)  # SIMD and tail: an ulp apart
 
 
 def _masked(out):

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from mbt_core.datasets import (ClipRecord, availability_record, locate, read_audioset, read_epic,
-                               read_manifest, read_vggsound)
+                               read_manifest, read_vggsound, write_manifest)
 from mbt_core.datasets.audioset import read_audioset_classes
 from mbt_core.datasets.epic import read_epic_classes, read_epic_video_info
 from mbt_core.datasets.records import AnnotationError, HeadLabels
@@ -336,6 +336,53 @@ def test_manifest_bad_rows_name_file_and_line(tmp_path, name, text, problem):
     with pytest.raises(AnnotationError, match=name.replace(".", r"\.")) as error:
         read_manifest(path)
     assert problem in str(error.value)
+
+
+def epic_heads():
+    return {"verb": read_epic_classes(epic_file("EPIC_100_verb_classes.csv")),
+            "noun": read_epic_classes(epic_file("EPIC_100_noun_classes.csv"))}
+
+
+def test_epic_records_round_trip_through_a_manifest(tmp_path):
+    # read_epic -> write_manifest -> read_manifest gives the same clips, spans and verb/noun ids, and the
+    # manifest holds the class keys of the ids in the real file's verb_class / noun_class columns.
+    records = read_epic_head(split="validation")
+    heads = epic_heads()
+    path = write_manifest(tmp_path / "manifest.csv", records, heads, "{participant}/videos/{video}.MP4")
+    lines = path.read_text().splitlines()
+    assert lines[0] == "clip_id,path,start,end,verb,noun,split"
+    assert lines[2] == "P01_11_1,P01/videos/P01_11.MP4,1.56,2.45,put,plate,validation"  # verb_class 1, noun_class 2
+
+    back, classes = read_manifest(path, heads)
+
+    assert classes == heads
+    assert [(r.clip_id, r.start, r.end, r.labels, r.split) for r in back] == [
+        (r.clip_id, r.start, r.end, r.labels, r.split) for r in records]
+    assert all(isinstance(r.labels, HeadLabels) and r.video == f"P01/videos/{r.clip_id.rsplit('_', 1)[0]}.MP4"
+               for r in back)
+
+
+def test_manifest_writes_single_and_multi_label_records_that_read_back(tmp_path):
+    records = [ClipRecord("a", 0.0, 10.0, (0, 2), video="x.mp4", split="train"),
+               ClipRecord("b", 2.5, math.inf, (), video="y;z.mp4")]
+    back, classes = read_manifest(write_manifest(tmp_path / "m.csv", records, ["dog", "bark;x", "speech"]),
+                                  ["dog", "bark;x", "speech"])
+    assert classes == ["dog", "bark;x", "speech"]
+    assert [(r.clip_id, r.video, r.start, r.end, r.labels, r.split) for r in back] == [
+        ("a", "x.mp4", 0.0, 10.0, (0, 2), "train"), ("b", "y;z.mp4", 2.5, math.inf, (), None)]
+
+
+@pytest.mark.parametrize("row, problem", [
+    ("x.mp4,take,", "line 2: gives verb but not noun (every head or none)"),
+    ("x.mp4,take,spaceship", "line 2: unknown noun 'spaceship' (not among the 300 noun classes)"),
+])
+def test_multi_head_manifest_rows_give_every_head_known_names(tmp_path, row, problem):
+    path = write(tmp_path / "m.csv", f"path,verb,noun\n{row}\ny.mp4,,\n")
+    with pytest.raises(AnnotationError, match=r"m\.csv") as error:
+        read_manifest(path, epic_heads())
+    assert problem in str(error.value)
+    records, _ = read_manifest(path, epic_heads(), on_error="skip")
+    assert [(r.video, dict(r.labels)) for r in records] == [("y.mp4", {})]  # an unlabelled clip
 
 
 # ---------------------------------------------------------------- locate

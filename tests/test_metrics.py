@@ -129,3 +129,45 @@ def test_epic_action_top_k_is_not_independent_top_k():
     out = metrics.epic_action_accuracy(p, p, np.array([1]), np.array([1]), k=2)
     assert out == {"verb": 1.0, "noun": 1.0, "action": 0.0}
     assert metrics.epic_action_accuracy(p, p, np.array([1]), np.array([1]), k=4)["action"] == 1.0
+
+
+# Four clips, three verbs and three nouns, given as probabilities; the expected accuracies are worked out by hand
+# from the outer products p_v p_n (9 actions per clip):
+#   A: true (1, 0); actions .30 (0,0) > .18 (1,0) > .15 > ...      -> verb 2nd, noun 1st, action 2nd
+#   B: true (1, 2); verb .7 and noun .8 both first                   -> every rank 1st
+#   C: true (2, 2); p = (.4, .35, .25) for both, (2,2) = .0625 last   -> verb 3rd, noun 3rd, action 9th
+#   D: true (1, 1); p = (.5, .4, .1) for both: .25 > .20 = .20 > .16  -> verb 2nd, noun 2nd, action 4th
+HAND_VERBS = np.array([[.5, .3, .2], [.2, .7, .1], [.4, .35, .25], [.5, .4, .1]])
+HAND_NOUNS = np.array([[.6, .3, .1], [.1, .1, .8], [.4, .35, .25], [.5, .4, .1]])
+HAND_LABELS = np.array([1, 1, 2, 1]), np.array([0, 2, 2, 1])
+HAND_EXPECTED = {1: {"verb": 1 / 4, "noun": 2 / 4, "action": 1 / 4},
+                 2: {"verb": 3 / 4, "noun": 3 / 4, "action": 2 / 4},
+                 5: {"verb": 1.0, "noun": 1.0, "action": 3 / 4}}
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_epic_accuracy_on_a_hand_computed_case(k):
+    got = metrics.epic_action_accuracy(np.log(HAND_VERBS), np.log(HAND_NOUNS), *HAND_LABELS, k=k)
+    assert got == pytest.approx(HAND_EXPECTED[k])
+
+
+def test_multi_head_report_gives_verb_noun_and_action_top_k_by_hand():
+    from mbt_core.train.evaluate import evaluation_report
+
+    logits = np.log(np.hstack([HAND_VERBS, HAND_NOUNS]))  # the heads side by side, as predict returns them
+    targets = np.hstack([np.eye(3)[HAND_LABELS[0]], np.eye(3)[HAND_LABELS[1]]]).astype(np.float32)
+    classes = [f"verb:{i}" for i in range(3)] + [f"noun:{i}" for i in range(3)]
+    report = evaluation_report({"fused": logits, "rgb": logits}, targets, classes, "multi_head",
+                               heads={"verb": 3, "noun": 3})
+    for part in (report, report["per_modality"]["rgb"]):
+        assert {k: part[k] for k in ("verb_top1", "noun_top1", "action_top1", "verb_top5", "noun_top5",
+                                     "action_top5")} == pytest.approx(
+            {"verb_top1": 1 / 4, "noun_top1": 2 / 4, "action_top1": 1 / 4, "verb_top5": 1.0, "noun_top5": 1.0,
+             "action_top5": 3 / 4})
+    # Per-class AP of each head's softmax: verb 1 is the true verb of A, B, D, ranked B (.7), D (.4), C (.35), A (.3):
+    # precisions 1, 1, 3/4 at the three positives.
+    assert report["per_class_ap"]["verb:1"] == pytest.approx((1 + 1 + 3 / 4) / 3)
+    unlabelled = targets.copy()
+    unlabelled[3, 3:] = 0  # clip D without its noun
+    with pytest.raises(ValueError, match="1 clip.*no noun label"):
+        evaluation_report({"fused": logits}, unlabelled, classes, "multi_head", heads={"verb": 3, "noun": 3})

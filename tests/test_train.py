@@ -360,3 +360,129 @@ def test_donated_step_frees_its_input_and_returns_it_unchanged_on_a_non_finite_l
         np.testing.assert_array_equal(a, b)  # the guard's last good state, bit for bit
     good, metrics = step(bad, batch)
     assert np.isfinite(float(metrics["loss"])) and int(good.step) == 1
+
+
+MULTI_PROCESS_SCRIPT = textwrap.dedent("""
+    # One of two processes on localhost (jax.distributed, one CPU device each): train a micro run of 4 steps into
+    # a shared run directory, stopping after `stop` batches (-1: never); report what this process wrote and what
+    # data iterator state it was given back.
+    import json, sys
+    from pathlib import Path
+    import jax
+    pid, port, out, stop = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid,
+                               initialization_timeout=240)
+    sys.path.insert(0, "tests")
+    from test_train import micro_run, mock_split
+    from mbt_core.data.pipeline import TrainIterator
+    from mbt_core.train import loop
+    written = []
+    for name in ("write_config", "trim_metrics"):
+        def spy(*args, _real=getattr(loop, name), _name=name):
+            written.append(_name)
+            return _real(*args)
+        setattr(loop, name, spy)
+
+    class Log(loop.MetricsLog):
+        def __init__(self, *args):
+            written.append("MetricsLog")
+            super().__init__(*args)
+    loop.MetricsLog = Log
+    run = micro_run(steps=4, batch_size=4, checkpoint_every=2)
+    split, labels, _ = mock_split(run.model, n=8)
+    it = TrainIterator(split, labels, run)
+    restored, served = [], []
+
+    class Stop(Exception):
+        pass
+
+    class Recording:
+        def __iter__(self):
+            return self
+        def __next__(self):
+            if len(served) == stop:
+                raise Stop
+            served.append(1)
+            return next(it)
+        get_state = it.get_state
+        def set_state(self, state):
+            restored.append(state)
+            it.set_state(state)
+    try:
+        step = int(loop.train_and_evaluate(run, out, loop.TrainData(Recording(), "multi_label", 2),
+                                           progress=False).step)
+    except Stop:
+        step = None
+    params = jax.tree_util.tree_leaves(jax.device_get(loop.restore(loop.checkpoint_manager(
+        Path(out) / "checkpoints", 1), loop.init_state(run, 2)[0]).params))
+    print("RESULT", json.dumps({"written": written, "restored": restored, "state": it.get_state(), "step": step,
+                                "devices": jax.device_count(), "params": float(sum(abs(p).sum() for p in params))}))
+""")
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_processes(script, out, stop=-1, timeout=400):
+    """Run `script` as processes 0 and 1 of one jax.distributed job; their RESULT records."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=_collective_timeout_flag())
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, str(script), str(pid), port, str(out), str(stop)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for pid in (0, 1)]
+    results = []
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=timeout)
+            assert proc.returncode == 0, stderr[-3000:]
+            results.append(json.loads(next(line for line in stdout.splitlines() if line.startswith("RESULT"))[7:]))
+    finally:
+        for proc in procs:
+            proc.kill()
+    return results
+
+
+def test_two_processes_write_the_run_files_once_and_each_resumes_its_own_iterator(tmp_path):
+    script = tmp_path / "process.py"
+    script.write_text(MULTI_PROCESS_SCRIPT)
+    out = tmp_path / "run"
+    first = _two_processes(script, out, stop=2)  # checkpointed at step 2, stopped fetching the third batch
+    assert [r["devices"] for r in first] == [2, 2] and [r["step"] for r in first] == [None, None]
+    # Process 0 alone writes config.json and metrics.jsonl (one line per step, not one per process).
+    assert first[0]["written"] == ["write_config", "trim_metrics", "MetricsLog"] and first[1]["written"] == []
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    # Each process's iterator state is its own file in the checkpoint (grain's handler), naming its process.
+    data = out / "checkpoints" / "2" / "data"
+    for pid, result in enumerate(first):
+        saved = json.loads((data / f"process_{pid}-of-2.json").read_text())
+        assert saved == result["state"] and (saved["process_index"], saved["process_count"]) == (pid, 2)
+    resumed = _two_processes(script, out)
+    assert [r["restored"] for r in resumed] == [[first[0]["state"]], [first[1]["state"]]]
+    assert [r["step"] for r in resumed] == [4, 4] and resumed[1]["written"] == []
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    # The same as two processes that were never stopped; both processes hold the same parameters.
+    straight = _two_processes(script, tmp_path / "straight")
+    assert resumed[0]["params"] == resumed[1]["params"] == straight[0]["params"]
+
+
+def test_iterator_states_of_another_process_or_process_count_are_refused(tmp_path):
+    from mbt_core.train.loop import check_process_count
+
+    run = micro_run()
+    split, labels, _ = mock_split(run.model, n=8)
+    it = TrainIterator(split, labels, run)
+    state = it.get_state()
+    assert (state["process_index"], state["process_count"]) == (0, 1)
+    with pytest.raises(ValueError, match="process 1 of 2 cannot continue the stream of process 0 of 1"):
+        it.set_state({**state, "process_index": 1, "process_count": 2})
+    data = tmp_path / "data"
+    data.mkdir()
+    for pid in (0, 1):
+        (data / f"process_{pid}-of-2.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"another number of processes \(process_0-of-2.json, process_1-of-2.json\)"):
+        check_process_count(data)
+    (data / "process_0-of-1.json").write_text("{}")
+    check_process_count(data)  # this process's file is there

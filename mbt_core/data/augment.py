@@ -47,32 +47,39 @@ def random_flip(frames: np.ndarray, rng: np.random.Generator, p: float = 0.5) ->
 def color_jitter(frames: np.ndarray, rng: np.random.Generator, p: float = 0.8, drop: float = 0.1,
                  brightness: float = 32 / 255, saturation: tuple[float, float] = (0.6, 1.4),
                  contrast: tuple[float, float] = (0.6, 1.4), hue: float = 0.2) -> np.ndarray:
-    """Colour jitter of float RGB frames in [0, 1], one draw per clip (the official video colour augmentation).
+    """Colour jitter of uint8 RGB frames (F, H, W, 3), one draw per clip (the official video colour augmentation).
 
     With probability p: brightness + U(-b, b), saturation x U(s), contrast x U(c) about each frame's
     channel means, hue + U(-h, h) turns; then, with probability `drop`, greyscale. Returns float32 in [0, 1].
+    Drawn in that order from `rng`: the jitter's coin, b, s, c, h, then the greyscale coin.
     """
-    x = np.asarray(frames, np.float32)
-    f, h, w, c = x.shape
-    if rng.random() < p:
-        x = x + rng.uniform(-brightness, brightness)
-        x = _hsv(x, saturation=rng.uniform(*saturation))
-        mean = x.mean(axis=(1, 2), keepdims=True)
-        x = (x - mean) * rng.uniform(*contrast) + mean
-        x = _hsv(x, hue=rng.uniform(-hue, hue))
-        x = x.clip(0.0, 1.0)
+    f, h, w, c = frames.shape
+    jitter = rng.random() < p
+    offset = rng.uniform(-brightness, brightness) if jitter else 0.0
+    # One float32 table lookup: uint8 -> [0, 1] with the brightness offset, clipped as HSV needs.
+    table = np.clip(np.arange(256, dtype=np.float32) / 255 + np.float32(offset), 0.0, 1.0)
+    x = cv2.LUT(np.ascontiguousarray(frames, np.uint8).reshape(f * h, w, c), table)
+    if jitter:
+        x = _hsv(x, saturation=rng.uniform(*saturation)).reshape(f, h, w, c)
+        scale = rng.uniform(*contrast)
+        for frame in x:  # (x - mean) * scale + mean, one affine map per frame
+            mean = np.asarray(cv2.mean(frame)[:3])
+            frame[:] = cv2.transform(frame, np.hstack([np.eye(3) * scale, (1 - scale) * mean[:, None]]))
+        x = _hsv(np.clip(x.reshape(f * h, w, c), 0.0, 1.0), hue=rng.uniform(-hue, hue))
+        np.clip(x, 0.0, 1.0, out=x)
     if rng.random() < drop:
-        x = np.repeat(x @ _GREY, 3).reshape(f, h, w, c)
-    return x.astype(np.float32)
+        x = cv2.transform(x, np.tile(_GREY, (3, 1)))
+    return x.reshape(f, h, w, c)
 
 
 def _hsv(x: np.ndarray, saturation: float = 1.0, hue: float = 0.0) -> np.ndarray:
-    """Scale saturation and turn hue (in turns) of float RGB frames through HSV (OpenCV: H in degrees)."""
-    f, h, w, c = x.shape
-    hsv = cv2.cvtColor(np.ascontiguousarray(x.clip(0.0, 1.0).reshape(f * h, w, c)), cv2.COLOR_RGB2HSV)
-    hsv[..., 0] = (hsv[..., 0] + 360.0 * hue) % 360.0
-    hsv[..., 1] = (hsv[..., 1] * saturation).clip(0.0, 1.0)
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).reshape(f, h, w, c)
+    """Scale saturation and turn hue (in turns) of float RGB pixels (N, W, 3) in [0, 1] through HSV (H in degrees).
+
+    OpenCV's HSV -> RGB wraps hues in [360, 720) but not negative ones, so a turn is added as 360 (hue mod 1).
+    """
+    hsv = cv2.cvtColor(x, cv2.COLOR_RGB2HSV)
+    hsv = cv2.min(cv2.multiply(hsv, (1.0, saturation, 1.0)), (720.0, 1.0, 1.0))
+    return cv2.cvtColor(cv2.add(hsv, (360.0 * (hue % 1.0), 0.0, 0.0)), cv2.COLOR_HSV2RGB)
 
 
 def spec_augment(spec: np.ndarray, rng: np.random.Generator, *, time_masks: int = 1, max_time: int = 192,
@@ -147,7 +154,6 @@ def augment_example(example: Mapping[str, np.ndarray], rng: np.random.Generator,
     out = dict(example)
     if train.frame_augment and "rgb" in out:
         frames = random_flip(random_crop(out["rgb"], image_size, rng, train.crop_scale), rng, train.flip)
-        frames = frames.astype(np.float32) / 255.0
         out["rgb"] = color_jitter(frames, rng, train.color_jitter, train.color_drop) * 2.0 - 1.0
     if train.spec_augment and "spec" in out:
         spec = out["spec"]

@@ -1,7 +1,8 @@
 """From a data directory (manifest + data card) to batches: splits, label matrices, token cache, grain.
 
 The training iterator is a grain `MapDataset` (deterministic order by seed, per-host shards, worker
-processes) whose iterator state goes into every checkpoint, so a resumed run reads the same batches.
+processes) whose iterator state goes into every checkpoint, one per process, so a resumed run reads the
+same batches.
 """
 from __future__ import annotations
 
@@ -33,24 +34,39 @@ READ = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
 
 @dataclasses.dataclass
 class Dataset:
-    """A dataset's splits (records with paths), classes, label type and data card."""
+    """A dataset's splits (records with paths), classes, label type and data card.
+
+    Multi-head data (EPIC: verb and noun) has `heads` (head -> names, the card's order); its `classes` are
+    every head's names as `head:name`, one head after the other, the columns of its label matrices.
+    """
 
     root: Path
     splits: dict[str, list[ClipRecord]]
     classes: list[str]
     label_type: str
     card: dict[str, Any]
+    heads: dict[str, list[str]] | None = None
+
+    @property
+    def head_sizes(self) -> dict[str, int] | None:
+        """Head name -> number of classes (the model's `num_classes` for multi-head data), or None."""
+        return {h: len(names) for h, names in self.heads.items()} if self.heads else None
 
     def labels(self, split: str, index: Sequence[int] | None = None) -> np.ndarray:
-        """Dense (N, C) float32 targets of a split (or of its records at `index`): multi-hot or one-hot.
+        """Dense (N, C) float32 targets of a split (or of its records at `index`): multi-hot, one-hot, or one
+        one-hot per head side by side (multi-head).
 
         Pass a tokenised split's `index` to get the rows of the clips it holds (bad clips skipped).
         """
         records = self.splits[split] if index is None else [self.splits[split][i] for i in index]
         out = np.zeros((len(records), len(self.classes)), np.float32)
+        first = dict(zip(self.heads, np.cumsum([0, *self.head_sizes.values()]))) if self.heads else {}
         for i, record in enumerate(records):
-            labels = record.labels if isinstance(record.labels, tuple) else (record.labels,)
-            out[i, list(labels)] = 1.0
+            if self.heads:
+                columns = [first[h] + k for h, k in record.labels.items()]
+            else:
+                columns = list(record.labels if isinstance(record.labels, tuple) else (record.labels,))
+            out[i, columns] = 1.0
         return out
 
     def class_kinds(self) -> dict[str, str]:
@@ -71,8 +87,9 @@ def load_dataset(data: DataConfig) -> Dataset:
     if not root.is_dir():
         raise FileNotFoundError(f"data directory {root}: " + ("not a directory" if root.exists() else "does not exist"))
     card = read_card(root / data.card)
-    classes = list(card["classes"])
-    records, _ = read_manifest(root / data.manifest, classes)
+    heads = {h: list(names) for h, names in card["classes"].items()} if card["label_type"] == "multi_head" else None
+    classes = [f"{h}:{name}" for h, names in heads.items() for name in names] if heads else list(card["classes"])
+    records, _ = read_manifest(root / data.manifest, heads or classes)
     found, missing = locate(records, root, MANIFEST_PATTERN)
     if missing.count and data.on_error != "skip":
         raise FileNotFoundError(f"{root / data.manifest}: {missing}")
@@ -81,7 +98,7 @@ def load_dataset(data: DataConfig) -> Dataset:
     splits: dict[str, list[ClipRecord]] = {}
     for record in found:
         splits.setdefault(record.split or "train", []).append(record)
-    return Dataset(root, splits, classes, card["label_type"], card)
+    return Dataset(root, splits, classes, card["label_type"], card, heads)
 
 
 def card_statistics(dataset: Dataset) -> tuple[float, float]:
@@ -157,7 +174,8 @@ class TrainIterator:
             return {**example, "labels": labels[index], "index": np.int64(index), "window": np.int64(view),
                     "spec_window": np.int64(spec_view)}
 
-        ds = grain.MapDataset.range(len(split))[jax.process_index()::jax.process_count()]
+        self._process = (jax.process_index(), jax.process_count())
+        ds = grain.MapDataset.range(len(split))[self._process[0]::self._process[1]]
         ds = ds.seed(train.seed).shuffle().repeat().random_map(load)
         ds = ds.batch(train.batch_size // jax.process_count(), drop_remainder=True)
         ds = ds.map(lambda b: {**{k: v for k, v in b.items() if k != "index"}, "clip_id": ids[b["index"]]})
@@ -176,12 +194,17 @@ class TrainIterator:
         return next(self._it)
 
     def get_state(self) -> dict:
-        """The position in the stream (JSON-able), saved with each checkpoint."""
-        return self._it.get_state()
+        """The position in this process's stream (JSON-able) and which process it is, saved with each checkpoint."""
+        index, count = self._process
+        return {"process_index": index, "process_count": count, "grain": self._it.get_state()}
 
     def set_state(self, state: dict) -> None:
-        """Continue from a saved position."""
-        self._it.set_state(state)
+        """Continue from a saved position of this same process's stream."""
+        saved = (state.get("process_index"), state.get("process_count"))
+        if saved != self._process:
+            raise ValueError(f"a data iterator state of process {saved[0]} of {saved[1]} cannot continue the "
+                             f"stream of process {self._process[0]} of {self._process[1]}")
+        self._it.set_state(state["grain"])
 
     def close(self) -> None:
         """Stop the worker processes (if any)."""

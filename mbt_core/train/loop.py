@@ -1,8 +1,8 @@
 """Training (Sec. 4.2): data-parallel over every device, resumable from orbax checkpoints, guarded.
 
-`train_and_evaluate(run, workdir, data)` (flax's idiom) writes `config.json`, `metrics.jsonl`,
-`checkpoints/` (the last N) and, with validation, `best/` (the best by validation mAP); re-running the
-same command resumes from the latest checkpoint with the same data order and random streams, so an
+`train_and_evaluate(run, workdir, data)` (flax's idiom) writes `config.json`, `metrics.jsonl`, `checkpoints/`
+(the last N) and, with validation, `best/` (the best by validation mAP, or EPIC's action top-1); re-running
+the same command resumes from the latest checkpoint with the same data order and random streams, so an
 interrupted run ends with the parameters of an uninterrupted one. A run directory started with another
 configuration is refused before anything is written (`run_dir.check_resume`). SIGINT (Ctrl-C) or SIGTERM
 ends the current step, checkpoints it and raises `TrainingInterrupted`.
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import flax
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -145,30 +146,65 @@ def checkpoint_manager(directory: Path, keep: int) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(directory.absolute(), options=options, item_names=("state", "data"))
 
 
-def save(manager: ocp.CheckpointManager, state: TrainState, data_state: dict) -> None:
+class IteratorState(grain.DatasetIterator):
+    """The loop's batches as grain's orbax handler takes them: it stores each process's `get_state()` as
+    `data/process_<i>-of-<n>.json` and gives each process its own back (it accepts grain iterators only)."""
+
+    def __init__(self, batches: Any):
+        super().__init__()
+        self._batches = batches
+
+    def __next__(self) -> Any:
+        return next(self._batches)
+
+    def get_state(self) -> dict:
+        """The batches' state (JSON-able)."""
+        return self._batches.get_state()
+
+    def set_state(self, state: dict) -> None:
+        """Continue the batches from a saved state."""
+        self._batches.set_state(state)
+
+
+def check_process_count(data_dir: Path) -> None:
+    """Refuse (ValueError) to resume data iterator states written by another number of processes."""
+    written = sorted(p.name for p in data_dir.glob("process_*-of-*.json"))
+    mine = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    if written and mine not in written:
+        raise ValueError(f"{data_dir}: the data iterator states were written by another number of processes "
+                         f"({', '.join(written)}); resume with as many as wrote them")
+
+
+def save(manager: ocp.CheckpointManager, state: TrainState, batches: Any) -> None:
     """Write one checkpoint at the state's step (atomic: an interrupted write is never read back), with checksums;
-    a step already saved (the checkpoint a stopped run resumed from) is kept as it is."""
+    a step already saved (the checkpoint a stopped run resumed from) is kept as it is. Every process calls it
+    (orbax writes collectively), each saving its own data iterator state."""
     step = int(state.step)
     if step in manager.all_steps():
         return
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                               data=ocp.args.JsonSave(data_state)), force=True)
+                                               data=grain.checkpoint.CheckpointSave(IteratorState(batches))),
+                 force=True)
     manager.wait_until_finished()
     if jax.process_index() == 0:
         write_checksums(Path(manager.directory) / str(step))
 
 
-def restore(manager: ocp.CheckpointManager, template: TrainState) -> tuple[TrainState, dict] | None:
-    """The latest intact (state, data iterator state), or None when there is no checkpoint.
+def restore(manager: ocp.CheckpointManager, template: TrainState, batches: Any = None) -> TrainState | None:
+    """The latest intact state, or None when there is no checkpoint; given `batches`, this process's data
+    iterator state is restored into them too.
 
     A damaged newer checkpoint is moved aside with a warning (`checkpoint_integrity`); none intact raises.
     """
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+    if batches is not None and manager.latest_step() is not None:
+        check_process_count(Path(manager.directory) / str(manager.latest_step()) / "data")
 
-    def load(step: int) -> tuple[TrainState, dict]:
-        got = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                            data=ocp.args.JsonRestore()))
-        return got.state, got.data
+    def load(step: int) -> TrainState:
+        items = {"state": ocp.args.StandardRestore(abstract)}
+        if batches is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(IteratorState(batches))
+        return manager.restore(step, args=ocp.args.Composite(**items)).state
 
     found = restore_intact(Path(manager.directory), manager.all_steps(), load)
     if found is None:
@@ -181,12 +217,14 @@ def restore(manager: ocp.CheckpointManager, template: TrainState) -> tuple[Train
 @dataclasses.dataclass
 class TrainData:
     """What the loop reads: batches (an iterator with `get_state` / `set_state`), their label type, the
-    optimiser steps of one epoch, and optionally a validation (parameters -> {"mAP": ...})."""
+    optimiser steps of one epoch, and optionally a validation (parameters -> {"mAP": ..., ...}) and the entry
+    of it that picks the best checkpoint (`best_metric`, higher is better)."""
 
     batches: Any
     label_type: str
     steps_per_epoch: int
     validate: Callable[[Any], dict] | None = None
+    best_metric: str = "mAP"
 
 
 def train_and_evaluate(run: RunConfig, workdir: str | Path, data: TrainData, *, params: Any = None,
@@ -194,32 +232,36 @@ def train_and_evaluate(run: RunConfig, workdir: str | Path, data: TrainData, *, 
     """Train `run` on `data` into `workdir`, resuming from its latest checkpoint; validate every
     `train.eval_every` steps and at the end (never with eval_every = 0), keeping the best in `best/`."""
     out = Path(workdir)
-    for key, (old, new) in check_resume(out, run).items():  # before anything is written or restored
-        print(f"{out}: resuming with {key} {old!r} -> {new!r}")
-    write_config(out, run)
+    primary = jax.process_index() == 0  # the one process that writes config, metrics and best.json
+    changes = check_resume(out, run)  # before anything is written or restored
+    if primary:
+        for key, (old, new) in changes.items():
+            print(f"{out}: resuming with {key} {old!r} -> {new!r}")
+        write_config(out, run)
     cfg = run.train
     state, tx = init_state(run, data.steps_per_epoch, params)
     manager = checkpoint_manager(out / "checkpoints", cfg.keep_checkpoints)
     best_manager = checkpoint_manager(out / "best", 1)
-    restored = restore(manager, state)
+    restored = restore(manager, state, data.batches)
+    state = state if restored is None else restored
     best_path = out / "best.json"
-    if restored is not None:
-        state, saved = restored
-        data.batches.set_state(saved)
-    trim_metrics(out, int(state.step))  # lines logged after the checkpoint are logged again
+    if primary:
+        trim_metrics(out, int(state.step))  # lines logged after the checkpoint are logged again
     best = json.loads(best_path.read_text())["value"] if best_path.exists() else -math.inf
     mesh = data_mesh()
     replicated = NamedSharding(mesh, PartitionSpec())
-    state = jax.device_put(state, replicated)
+    # Through host values: every process holds the same state, and jax moves no array between hosts on CPU.
+    state = jax.device_put(jax.device_get(state), replicated)
     # Donated (held once): on a non-finite loss the step returns its input state, which the guard checkpoints.
     step_fn = jax.jit(make_train_step(run, tx, data.label_type), donate_argnums=0)
     validate = data.validate if cfg.eval_every else None
     start = int(state.step)
-    bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not progress, unit="step", leave=None)
-    with MetricsLog(out) as log, stop_requests() as stop:
+    bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not (progress and primary), unit="step",
+               leave=None)
+    with MetricsLog(out) if primary else contextlib.nullcontext() as log, stop_requests() as stop:
         for step in range(start, cfg.steps):
             if stop.signum is not None:
-                save(manager, state, data.batches.get_state())
+                save(manager, state, data.batches)
                 bar.close()
                 raise TrainingInterrupted(stop.signum, step, out)
             batch = dict(next(data.batches))
@@ -232,7 +274,7 @@ def train_and_evaluate(run: RunConfig, workdir: str | Path, data: TrainData, *, 
             state, metrics = step_fn(state, shard_batch(batch, mesh))
             loss = float(metrics["loss"])
             if not math.isfinite(loss):
-                save(manager, state, data.batches.get_state())
+                save(manager, state, data.batches)
                 raise NonFiniteLossError(f"non-finite loss {loss} at step {step}; clips in the batch: "
                                          f"{', '.join(map(str, clip_ids))}; "
                                          f"the last good state (step {int(state.step)}) is checkpointed in {out}")
@@ -240,15 +282,16 @@ def train_and_evaluate(run: RunConfig, workdir: str | Path, data: TrainData, *, 
             record = {"step": done, "loss": loss, "grad_norm": float(metrics["grad_norm"])}
             if validate is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
                 record.update({f"val_{k}": v for k, v in validate(state.params).items()})
-                if record.get("val_mAP", -math.inf) > best:
-                    best = record["val_mAP"]
-                    save(best_manager, state, data.batches.get_state())
-                    best_path.write_text(json.dumps({"step": done, "value": best}))
-            if done % cfg.log_every == 0 or done == cfg.steps or len(record) > 3:
+                if record.get(f"val_{data.best_metric}", -math.inf) > best:
+                    best = record[f"val_{data.best_metric}"]
+                    save(best_manager, state, data.batches)
+                    if primary:
+                        best_path.write_text(json.dumps({"step": done, "metric": data.best_metric, "value": best}))
+            if log is not None and (done % cfg.log_every == 0 or done == cfg.steps or len(record) > 3):
                 log.append(record)
                 bar.set_postfix(loss=f"{loss:.4f}")
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                save(manager, state, data.batches.get_state())
+                save(manager, state, data.batches)
             bar.update(1)
     bar.close()
     return state
