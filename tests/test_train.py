@@ -486,3 +486,28 @@ def test_iterator_states_of_another_process_or_process_count_are_refused(tmp_pat
         check_process_count(data)
     (data / "process_0-of-1.json").write_text("{}")
     check_process_count(data)  # this process's file is there
+
+
+def test_a_checkpoint_of_the_single_process_format_resumes_with_its_iterator_position(tmp_path):
+    """Checkpoints written before per-process iterator states (the grain state as one JSON item) still resume."""
+    import orbax.checkpoint as ocp
+
+    from mbt_core.train import loop
+    from mbt_core.train.checkpoint_integrity import write_checksums
+
+    run = micro_run()
+    split, labels, _ = mock_split(run.model, n=8)
+    it = TrainIterator(split, labels, run)
+    for _ in range(3):
+        next(it)
+    position, ahead = it.get_state(), next(it)
+    state = init_state(run, 2)[0].replace(step=3)
+    manager = loop.checkpoint_manager(tmp_path / "checkpoints", 2)
+    manager.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            data=ocp.args.JsonSave(position["grain"])), force=True)
+    manager.wait_until_finished()
+    write_checksums(tmp_path / "checkpoints" / "3")
+    fresh = TrainIterator(split, labels, run)
+    restored = loop.restore(loop.checkpoint_manager(tmp_path / "checkpoints", 2), init_state(run, 2)[0], fresh)
+    assert int(restored.step) == 3 and fresh.get_state() == position
+    jax.tree_util.tree_map(np.testing.assert_array_equal, next(fresh), ahead)

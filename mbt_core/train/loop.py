@@ -202,9 +202,16 @@ def restore(manager: ocp.CheckpointManager, template: TrainState, batches: Any =
 
     def load(step: int) -> TrainState:
         items = {"state": ocp.args.StandardRestore(abstract)}
+        data_dir = Path(manager.directory) / str(step) / "data"
+        # Written before per-process iterator states: one process's grain state as one JSON item.
+        legacy = batches is not None and data_dir.is_dir() and not any(data_dir.glob("process_*-of-*.json"))
         if batches is not None:
-            items["data"] = grain.checkpoint.CheckpointRestore(IteratorState(batches))
-        return manager.restore(step, args=ocp.args.Composite(**items)).state
+            items["data"] = (ocp.args.JsonRestore() if legacy
+                             else grain.checkpoint.CheckpointRestore(IteratorState(batches)))
+        got = manager.restore(step, args=ocp.args.Composite(**items))
+        if legacy:
+            batches.set_state({"process_index": 0, "process_count": 1, "grain": got.data})
+        return got.state
 
     found = restore_intact(Path(manager.directory), manager.all_steps(), load)
     if found is None:
