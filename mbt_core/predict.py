@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -155,3 +156,14 @@ def run_clip(run_dir: str | os.PathLike, split: str = "test", index: int = 0) ->
     if split not in dataset.splits or not 0 <= index < len(dataset.splits[split]):
         raise ValueError(f"{dataset.root}: no clip {index} in split {split!r}")
     return Path(dataset.splits[split][index].path)
+
+
+def with_relative_paths(text: str, start: str | os.PathLike = ".") -> str:
+    """`text` with every absolute path of an existing file or folder written relative to `start`: what a
+    page shows names no folder of the machine that made it."""
+    def relative(match: re.Match) -> str:
+        path = match.group(0)
+        return os.path.relpath(path, start) if os.path.exists(path) else path
+
+    return re.sub(r"(?<![\w.])/[^\s,;()'\"]+", relative, text)
+

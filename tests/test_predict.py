@@ -239,3 +239,13 @@ def test_a_clip_shorter_than_the_window_is_noted(files, tmp_path):
     model = load_checkpoint(files["npz"], {"fusion_layer": 1})
     assert any("padded" in note for note in predict(model, short, top_k=2).prediction.notes)
     assert not any("padded" in note for note in predict(model, files["clip"], top_k=2).prediction.notes)
+
+
+def test_pages_show_paths_relative_to_the_notebook(tmp_path):
+    from mbt_core.predict import with_relative_paths
+
+    (tmp_path / "sweep" / "run").mkdir(parents=True)
+    (tmp_path / "notebooks").mkdir()
+    text = f"run directory {tmp_path / 'sweep' / 'run'} (latest); clip: {tmp_path / 'data' / 'gone.mp4'}, 3 views"
+    assert with_relative_paths(text, tmp_path / "notebooks") == (
+        f"run directory ../sweep/run (latest); clip: {tmp_path / 'data' / 'gone.mp4'}, 3 views")
