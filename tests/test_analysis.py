@@ -145,20 +145,19 @@ def test_fusion_gain_figure():
         analysis.fusion_gain_figure(analysis.per_class_table({"per_class_ap": FUSION["per_class_ap"]}))
 
 
-def test_export_writes_offline_html_and_skips_png_with_a_notice(tmp_path, monkeypatch, capsys):
+def test_export_writes_offline_html_and_skips_png_silently(tmp_path, monkeypatch, capsys):
     fig = analysis.top_classes_figure(analysis.per_class_table(FUSION, AUDIO, VISUAL))
     monkeypatch.setattr(analysis.shutil, "which", lambda name: None)
     written = analysis.export_figure(fig, tmp_path / "figs" / "top.v2")
     assert written == {"html": tmp_path / "figs" / "top.v2.html"}
     text = written["html"].read_text()
     assert "plotly.js v" in text and '<script src="https://cdn.plot.ly' not in text and "siren" in text
-    notice = capsys.readouterr().out.strip()
-    assert notice.count("\n") == 0 and "PNG of top.v2 skipped" in notice
+    assert capsys.readouterr().out == ""  # the HTML is the figure: a page shows no excuse for a missing extra
     assert not (tmp_path / "figs" / "top.v2.png").exists()
-    # With kaleido importable but no Chrome: still skipped, and the notice says why.
+    # With kaleido importable but no Chrome: still skipped.
     monkeypatch.setitem(sys.modules, "kaleido", types.ModuleType("kaleido"))
     assert set(analysis.export_figure(fig, tmp_path / "again")) == {"html"}
-    assert "no Chrome" in capsys.readouterr().out
+    assert capsys.readouterr().out == ""
     # With both, the PNG goes through fig.write_image (kaleido).
     monkeypatch.setattr(analysis.shutil, "which", lambda name: "/usr/bin/chromium" if name == "chromium" else None)
     calls = []

@@ -141,15 +141,13 @@ def fusion_gain_figure(table: Sequence[Mapping[str, Any]], n: int = 60, title: s
     return fig
 
 
-def _png_unavailable() -> str | None:
-    """Why kaleido cannot write a PNG here (it needs a Chrome), or None when it can."""
+def _png_possible() -> bool:
+    """Whether kaleido can write a PNG here: it is installed and a Chrome/Chromium is on PATH."""
     try:
         importlib.import_module("kaleido")
     except ImportError:
-        return "kaleido is not installed"
-    if not any(shutil.which(b) for b in BROWSERS):
-        return f"no Chrome/Chromium on PATH ({', '.join(BROWSERS)})"
-    return None
+        return False
+    return any(shutil.which(b) for b in BROWSERS)
 
 
 def export_figure(fig: go.Figure, path_stem: str | Path) -> dict[str, Path]:
@@ -160,7 +158,7 @@ def export_figure(fig: go.Figure, path_stem: str | Path) -> dict[str, Path]:
     html = Path(f"{stem}.html")
     fig.write_html(html, include_plotlyjs=True)
     written = {"html": html}
-    if _png_unavailable() is None:
+    if _png_possible():
         png = Path(f"{stem}.png")
         try:
             fig.write_image(png)
