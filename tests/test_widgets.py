@@ -467,6 +467,31 @@ def test_attention_view_picks_layer_head_and_query():
     assert sum(shares) == pytest.approx(100, abs=0.3)
 
 
+def test_live_widgets_display_their_kernel_free_stand_in(monkeypatch):
+    """On ipywidgets 7 (display hook) and 8 (bundle) alike, a displayed widget carries its kernel-free HTML."""
+    import base64
+    import widgets.stand_in as stand_in
+
+    shown = []
+    monkeypatch.setattr(stand_in, "display", lambda bundle, raw: shown.append((bundle, raw)))
+    frames = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    stepper = RolloutStepper(frames, np.random.default_rng(1).random((3, 2, 2)), title="run <x>")
+    stepper._ipython_display_()
+    [(bundle, raw)] = shown
+    assert raw and bundle["text/html"] == stepper.static_html()
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == stepper.model_id
+    from widgets.attention_view import AttentionView
+
+    cfg = TINY.replace(num_layers=2, fusion_layer=1)
+    params = MBT(cfg).init(jax.random.PRNGKey(0), dummy_inputs(cfg, 1), train=False)["params"]
+    example = {m: np.asarray(jax.random.uniform(jax.random.PRNGKey(3), x.shape[1:], minval=-1, maxval=1))
+               for m, x in dummy_inputs(cfg, 1).items()}
+    view = AttentionView(example, clip_attention(cfg, params, example), cfg, title="clip <1>")
+    page = view._repr_mimebundle_()["text/html"]
+    assert base64.b64encode(view.image.value).decode() in page and view.caption.value in page
+    assert "<b>clip &lt;1&gt;</b>" in page
+
+
 def test_attention_picture_leaves_unreached_patches_plain():
     """In a bottleneck layer the RGB CLS gives the spectrogram nothing: its picture is the plain spectrogram."""
     from mbt_core.analysis.overlay import spectrogram_overlay

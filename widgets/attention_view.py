@@ -10,6 +10,7 @@ without a kernel); the widget only wires dropdowns to it.
 """
 from __future__ import annotations
 
+import base64
 import html
 from typing import Any, Mapping
 
@@ -20,6 +21,7 @@ from mbt_core.analysis.attention_maps import attention_row, layer_kind, queries,
 from mbt_core.analysis.overlay import frames_overlay, spectrogram_overlay
 from mbt_core.config import MBTConfig
 from mbt_core.media.images import encode_png, tile
+from widgets.stand_in import StandIn
 
 FRAME_WIDTH = 96  # pixels of one frame
 FRAMES_PER_ROW = 8
@@ -66,12 +68,12 @@ def attention_picture(example: Mapping[str, np.ndarray], attention: Mapping[str,
     return _stacked(pictures), caption
 
 
-class AttentionView(widgets.VBox):
+class AttentionView(StandIn, widgets.VBox):
     """Layer, head and query dropdowns over one clip's attention; shows the map on the frames and spectrogram."""
 
     def __init__(self, example: Mapping[str, np.ndarray], attention: Mapping[str, list], config: MBTConfig,
                  title: str = ""):
-        self.example, self.attention, self.config = example, attention, config
+        self.example, self.attention, self.config, self.title = example, attention, config, title
         _, _, layers = stream_layers(attention, config)
         self.layer = widgets.Dropdown(description="layer", options=[
             (f"{l + 1} ({layer_kind(attention, config, l).replace('_', ' ')})", l) for l in range(layers)],
@@ -108,3 +110,11 @@ class AttentionView(widgets.VBox):
                                            self.queries[self.query.value], self.head.value)
         self.image.value = encode_png(image)
         self.caption.value = html.escape(caption)
+
+    def stand_in_html(self) -> str:
+        """The current layer, head and query as a picture and its caption, for a page without a kernel."""
+        picture = base64.b64encode(self.image.value).decode("ascii")
+        return (f"<b>{html.escape(self.title)}</b>" * bool(self.title)
+                + f'<p><img alt="attention map" src="data:image/png;base64,{picture}"/></p><p>{self.caption.value}</p>'
+                "<p><i>Other layers, heads and queries: open this notebook in Jupyter.</i></p>")
+

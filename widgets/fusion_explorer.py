@@ -34,6 +34,7 @@ from mbt_core.config import FUSIONS, MBTConfig
 from mbt_core.model.flops import CONVENTIONS, flops_table, gflops
 from mbt_core.run_dir import CONFIG, read_config, read_results
 from widgets.explorer_runs import add_command, train_setting
+from widgets.stand_in import StandIn
 from widgets.rollout_stepper import encode_png, png_at_width
 
 POWERS_OF_TWO = tuple(2 ** k for k in range(11))  # B from 1 to 1024 on a log scale
@@ -249,7 +250,7 @@ def overlay_picture(entry: Mapping[str, np.ndarray] | np.ndarray, alpha: float) 
     return np.asarray(entry)
 
 
-class FusionExplorer(widgets.VBox):
+class FusionExplorer(StandIn, widgets.VBox):
     """Sliders for L_f, B and the fusion strategy over a config (and optionally a sweep's results)."""
 
     def __init__(self, config: MBTConfig | None = None, results: str | Path | Sequence[Mapping] | None = None,
@@ -303,13 +304,11 @@ class FusionExplorer(widgets.VBox):
         self.train_button.on_click(self.train_current)
         self._redraw()
 
-    def _repr_mimebundle_(self, **kwargs) -> dict:
-        """The widget, plus an HTML stand-in for pages without a kernel (nbconvert shows it instead)."""
-        bundle = dict(super()._repr_mimebundle_(**kwargs) or {})
-        bundle["text/html"] = ("<p><i>The live fusion explorer needs a running kernel: open this notebook in "
-                               "Jupyter. Without one, <code>widgets.static_export.explorer_view</code> shows the "
-                               "same explorer (plotly sliders over the sweep; in notebook 05, right below).</i></p>")
-        return bundle
+    def stand_in_html(self) -> str:
+        """What a page without a kernel shows instead of the live explorer: where its kernel-free twin is."""
+        return ("<p><i>The live fusion explorer needs a running kernel: open this notebook in Jupyter. Without one, "
+                "<code>widgets.static_export.explorer_view</code> shows the same explorer (plotly sliders over the "
+                "sweep; in notebook 05, right below).</i></p>")
 
     def _redraw(self, change: dict | None = None) -> None:
         """Recompute the state of the current setting and update every output."""

@@ -27,6 +27,7 @@ from mbt_core.config import MBTConfig
 from mbt_core.data.cache import CachedSplit
 from mbt_core.media.images import encode_png, enlarge, to_uint8
 from mbt_core.experiment import load_run_split
+from widgets.stand_in import StandIn
 
 
 def png_at_width(image: np.ndarray, width: int) -> bytes:
@@ -96,7 +97,7 @@ def clip_example(cached: CachedSplit, clip: int, where: str = "split") -> tuple[
     return cached.example(clip), str(cached.clip_ids[clip]) if cached.clip_ids is not None else str(clip)
 
 
-class RolloutStepper(widgets.VBox):
+class RolloutStepper(StandIn, widgets.VBox):
     """Frame, layer and opacity sliders over one clip; shows frame | rollout map through that layer | blend."""
 
     def __init__(self, frames: np.ndarray, rollout_per_layer: np.ndarray, alpha: float = 0.5, title: str = "",
@@ -167,8 +168,6 @@ class RolloutStepper(widgets.VBox):
                 "frame.addEventListener('input', show); layer.addEventListener('input', show);"
                 "})();</script>")
 
-    def _repr_mimebundle_(self, **kwargs) -> dict:
-        """The widget, plus `static_html` for pages without a kernel (nbconvert shows it instead)."""
-        bundle = dict(super()._repr_mimebundle_(**kwargs) or {})
-        bundle["text/html"] = self.static_html()
-        return bundle
+    def stand_in_html(self) -> str:
+        """`static_html`: what a page without a kernel shows instead of the widget."""
+        return self.static_html()
