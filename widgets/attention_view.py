@@ -10,7 +10,6 @@ without a kernel); the widget only wires dropdowns to it.
 """
 from __future__ import annotations
 
-import base64
 import html
 from typing import Any, Mapping
 
@@ -20,7 +19,7 @@ import numpy as np
 from mbt_core.analysis.attention_maps import attention_row, layer_kind, queries, query_label, stream_layers
 from mbt_core.analysis.overlay import frames_overlay, spectrogram_overlay
 from mbt_core.config import MBTConfig
-from mbt_core.media.images import encode_png, tile
+from mbt_core.media.images import encode_png, png_data_uri, tile
 from widgets.stand_in import StandIn
 
 FRAME_WIDTH = 96  # pixels of one frame
@@ -113,8 +112,7 @@ class AttentionView(StandIn, widgets.VBox):
 
     def stand_in_html(self) -> str:
         """The current layer, head and query as a picture and its caption, for a page without a kernel."""
-        picture = base64.b64encode(self.image.value).decode("ascii")
         return (f"<b>{html.escape(self.title)}</b>" * bool(self.title)
-                + f'<p><img alt="attention map" src="data:image/png;base64,{picture}"/></p><p>{self.caption.value}</p>'
+                + f'<p><img alt="attention map" src="{png_data_uri(self.image.value)}"/></p><p>{self.caption.value}</p>'
                 "<p><i>Other layers, heads and queries: open this notebook in Jupyter.</i></p>")
 

@@ -12,7 +12,6 @@ a trained model once on one clip of a run's split. Without a kernel (an exported
 """
 from __future__ import annotations
 
-import base64
 import html
 import json
 from pathlib import Path
@@ -25,7 +24,7 @@ from mbt_core.analysis.overlay import PANEL_WIDTH, clip_attention, frame_maps, f
 from mbt_core.analysis.rollout import mbt_rollout, tightness
 from mbt_core.config import MBTConfig
 from mbt_core.data.cache import CachedSplit
-from mbt_core.media.images import encode_png, enlarge, to_uint8
+from mbt_core.media.images import encode_png, enlarge, png_data_uri, to_uint8
 from mbt_core.experiment import load_run_split
 from widgets.stand_in import StandIn
 
@@ -150,7 +149,7 @@ class RolloutStepper(StandIn, widgets.VBox):
         for layer in range(layers):
             for frame in range(frames):
                 view = stepper_view(self.frames, self.maps, frame, layer, self.opacity.value, self.width)
-                pictures.append("data:image/png;base64," + base64.b64encode(encode_png(view["image"])).decode())
+                pictures.append(png_data_uri(encode_png(view["image"])))
                 captions.append(caption_text(frame + 1, frames, layer + 1, layers, self.layer_names[layer],
                                              view["area"]))
         uid = f"stepper{id(self):x}"

@@ -17,7 +17,6 @@ there the sliders do nothing.
 """
 from __future__ import annotations
 
-import base64
 import html
 import json
 from pathlib import Path
@@ -30,12 +29,12 @@ from plotly.subplots import make_subplots
 
 from mbt_core.analysis.flow_mask import LINK_KINDS, token_layout
 from mbt_core.config import FUSIONS, MBTConfig
+from mbt_core.media.images import encode_png, png_data_uri
 from mbt_core.run_dir import read_results
 from widgets.explorer_runs import add_command
 from widgets.fusion_explorer import (CONVENTION_NAMES, KIND_COLOURS, NOT_IN_SWEEP, bottleneck_options,
                                      explorer_state, format_gflops, model_name, overlay_picture, reference_cost,
                                      sweep_config)
-from widgets.rollout_stepper import encode_png
 
 SLIDERS = ("fusion", "B", "L_f")
 # Step colours for the LINK_KINDS codes 0..3 on a 0..3 colour axis.
@@ -116,11 +115,6 @@ def _cost_traces(state: Mapping[str, Any], lf: int, prefix: str) -> list[go.Scat
     return [*curves, mark]
 
 
-def _png_uri(image: np.ndarray) -> str:
-    """A data URI of an RGB image as PNG."""
-    return "data:image/png;base64," + base64.b64encode(encode_png(image)).decode()
-
-
 
 def _frame_traces(state: Mapping[str, Any], names: list[str], map_curve: list[float | None], lf: int,
                   picture: np.ndarray | None, missing: str, size: tuple[int, int], score_middle: float) -> list[Any]:
@@ -135,7 +129,7 @@ def _frame_traces(state: Mapping[str, Any], names: list[str], map_curve: list[fl
     score_note = _note("" if state["mAP"] is not None else missing.split("<br>")[0], (len(xs) - 1) / 2,
                        score_middle)
     image = np.full((*size, 3), 255, np.uint8) if picture is None else picture
-    overlay = go.Image(source=_png_uri(image), hoverinfo="skip")
+    overlay = go.Image(source=png_data_uri(encode_png(image)), hoverinfo="skip")
     overlay_note = _note("" if picture is not None else missing, size[1] / 2, size[0] / 2)
     paper = _cost_traces(ref, ref["config"].fusion_layer, "paper ViT-B/16") if ref else []
     return [*_mask_traces(state, names), *_cost_traces(state, lf, "this model"), *paper,

@@ -8,7 +8,6 @@ class names, notes) is escaped, in the page and in the figures, whose text plotl
 """
 from __future__ import annotations
 
-import base64
 import html
 from pathlib import Path
 from typing import Any, Mapping
@@ -22,7 +21,7 @@ from mbt_core.analysis.overlay import frames_overlay, select_map, spectrogram_ov
 from mbt_core.analysis.patch_grid import frames_strip, spectrogram_grid, token_counts
 from mbt_core.atomic_files import write_text
 from mbt_core.data.tokenise import View
-from mbt_core.media.images import encode_png, tile
+from mbt_core.media.images import encode_png, png_data_uri, tile
 
 FRAME_WIDTH = 160  # pixels of one frame in the overlays
 FRAMES_PER_ROW = 8
@@ -33,8 +32,7 @@ STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}t
 
 def image_tag(image: np.ndarray, alt: str) -> str:
     """An <img> of an RGB uint8 image as a PNG data URI."""
-    data = base64.b64encode(encode_png(np.asarray(image, np.uint8))).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+    return f'<img src="{png_data_uri(encode_png(np.asarray(image, np.uint8)))}" alt="{html.escape(alt)}">'
 
 
 def prediction_figure(prediction: ClipPrediction) -> go.Figure:

@@ -6,6 +6,8 @@ grey, time across and low mel bins at the bottom.
 """
 from __future__ import annotations
 
+import base64
+
 import cv2
 import numpy as np
 
@@ -41,6 +43,11 @@ def encode_png(image: np.ndarray) -> bytes:
     if not ok:
         raise ValueError(f"cv2 could not encode an image of shape {image.shape} as PNG")
     return data.tobytes()
+
+
+def png_data_uri(png: bytes) -> str:
+    """A `data:` URI of PNG bytes, for pictures embedded in self-contained pages."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def tile(images: np.ndarray, per_row: int = 8, gap: int = 4) -> np.ndarray:
